@@ -1,0 +1,298 @@
+"""The plan file (schema_version 1): the contract between planner and runtime.
+
+Dataclasses mirror the JSON; :meth:`Plan.load` validates every field and names the offending one
+(``Invalid plan field layers[3].a_split=0: must be an integer >= 1``); :meth:`Plan.save` writes
+atomically. :meth:`Plan.check_model` refuses a plan whose layers do not match a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_write_text
+from .errors import UserError
+
+SCHEMA_VERSION = 1
+
+
+class PlanError(UserError):
+    """A plan file that cannot be used."""
+
+
+def _fail(path: str, value: Any, why: str) -> None:
+    raise PlanError(f"Invalid plan field {path}={json.dumps(value)}: {why}")
+
+
+def _get(d: dict, key: str, path: str) -> Any:
+    if not isinstance(d, dict):
+        _fail(path, d, "must be an object")
+    if key not in d:
+        raise PlanError(f"Invalid plan: missing field {path}.{key}" if path else f"Invalid plan: missing field {key}")
+    return d[key]
+
+
+def _int(d: dict, key: str, path: str, minimum: int = 0) -> int:
+    v = _get(d, key, path)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        _fail(f"{path}.{key}".lstrip("."), v, f"must be an integer >= {minimum}")
+    return v
+
+
+def _num(d: dict, key: str, path: str, lo: float = -math.inf, hi: float = math.inf, optional=False):
+    v = d.get(key) if optional else _get(d, key, path)
+    if optional and v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+        _fail(f"{path}.{key}".lstrip("."), v, f"must be a number in [{lo:g}, {hi:g}]")
+    return float(v)
+
+
+def _str(d: dict, key: str, path: str, optional=False) -> str | None:
+    v = d.get(key) if optional else _get(d, key, path)
+    if optional and v is None:
+        return None
+    if not isinstance(v, str):
+        _fail(f"{path}.{key}".lstrip("."), v, "must be a string")
+    return v
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerPlan:
+    """One preconditioned layer: its factor dimensions, splits and trace thresholds."""
+
+    name: str
+    kind: str  # "conv2d" | "linear"
+    a_dim: int
+    g_dim: int
+    a_split: int
+    g_split: int
+    a_loss: float
+    g_loss: float
+    omega1: float = 0.01
+    omega2: float = 0.001
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("conv2d", "linear"):
+            raise ValueError(f"Invalid kind={self.kind!r}: must be 'conv2d' or 'linear'")
+        for f in ("a_dim", "g_dim", "a_split", "g_split"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"Invalid {f}={getattr(self, f)}: must be >= 1")
+        if not 0 <= self.omega2 <= self.omega1:
+            raise ValueError(f"Invalid omega2={self.omega2}: must be in [0, omega1]")
+
+    @classmethod
+    def from_dict(cls, d: dict, path: str) -> "LayerPlan":
+        kind = _str(d, "kind", path)
+        if kind not in ("conv2d", "linear"):
+            _fail(f"{path}.kind", kind, "must be 'conv2d' or 'linear'")
+        omega1 = _num(d, "omega1", path, 0.0, math.inf)
+        omega2 = _num(d, "omega2", path, 0.0, omega1)
+        return cls(
+            name=_str(d, "name", path), kind=kind,
+            a_dim=_int(d, "a_dim", path, 1), g_dim=_int(d, "g_dim", path, 1),
+            a_split=_int(d, "a_split", path, 1), g_split=_int(d, "g_split", path, 1),
+            a_loss=_num(d, "a_loss", path, 0.0, 1.0), g_loss=_num(d, "g_loss", path, 0.0, 1.0),
+            omega1=omega1, omega2=omega2,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule:
+    """Damping and update-interval schedules in optimizer steps, and the trace thresholds.
+
+    damping(t) = damping_init · damping_decay ** (t / damping_decay_steps)
+    Factors (running averages with ``factor_decay``) are refreshed every ``factor_every`` steps.
+    Inverse check points come every ``interval`` steps; the interval starts at
+    ``interval_initial`` and is multiplied by ``interval_growth`` every ``interval_grow_every``
+    steps, up to ``interval_max``.
+    """
+
+    damping_init: float = 0.03
+    damping_decay: float = 0.5
+    damping_decay_steps: int = 10_000
+    factor_every: int = 1
+    factor_decay: float = 0.95
+    interval_initial: int = 10
+    interval_growth: float = 2.0
+    interval_grow_every: int = 1_000
+    interval_max: int = 1_000
+    omega1: float = 0.01
+    omega2: float = 0.001
+
+    def __post_init__(self) -> None:
+        if not self.damping_init > 0:
+            raise ValueError(f"Invalid damping_init={self.damping_init}: must be > 0")
+        if not 0 < self.damping_decay <= 1:
+            raise ValueError(f"Invalid damping_decay={self.damping_decay}: must be in (0, 1]")
+        if not 0 <= self.factor_decay < 1:
+            raise ValueError(f"Invalid factor_decay={self.factor_decay}: must be in [0, 1)")
+        if self.interval_growth < 1:
+            raise ValueError(f"Invalid interval_growth={self.interval_growth}: must be >= 1")
+        for f in ("damping_decay_steps", "factor_every", "interval_initial", "interval_grow_every"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"Invalid {f}={getattr(self, f)}: must be >= 1")
+        if self.interval_max < self.interval_initial:
+            raise ValueError(f"Invalid interval_max={self.interval_max}: must be >= interval_initial")
+        if self.omega1 < 0:
+            raise ValueError(f"Invalid omega1={self.omega1}: must be >= 0")
+        if not 0 <= self.omega2 <= self.omega1:
+            raise ValueError(f"Invalid omega2={self.omega2}: must be in [0, omega1]")
+
+    def damping(self, step: int) -> float:
+        return self.damping_init * self.damping_decay ** (step / self.damping_decay_steps)
+
+    def interval(self, step: int) -> int:
+        grown = self.interval_initial * self.interval_growth ** (step // self.interval_grow_every)
+        return int(min(self.interval_max, grown))
+
+    def to_dict(self) -> dict:
+        return {
+            "damping": {"init": self.damping_init, "decay": self.damping_decay,
+                        "decay_steps": self.damping_decay_steps},
+            "interval": {"factor_every": self.factor_every, "factor_decay": self.factor_decay,
+                         "initial": self.interval_initial, "growth": self.interval_growth,
+                         "grow_every": self.interval_grow_every, "max": self.interval_max},
+            "omega1": self.omega1, "omega2": self.omega2,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, path: str = "schedule") -> "Schedule":
+        dmp = _get(d, "damping", path)
+        itv = _get(d, "interval", path)
+        p, q = f"{path}.damping", f"{path}.interval"
+        omega1 = _num(d, "omega1", path, 0.0)
+        return cls(
+            damping_init=_num(dmp, "init", p, 1e-12), damping_decay=_num(dmp, "decay", p, 1e-12, 1.0),
+            damping_decay_steps=_int(dmp, "decay_steps", p, 1),
+            factor_every=_int(itv, "factor_every", q, 1),
+            factor_decay=_num(itv, "factor_decay", q, 0.0, 0.999999),
+            interval_initial=_int(itv, "initial", q, 1), interval_growth=_num(itv, "growth", q, 1.0),
+            interval_grow_every=_int(itv, "grow_every", q, 1),
+            interval_max=_int(itv, "max", q, _int(itv, "initial", q, 1)),
+            omega1=omega1, omega2=_num(d, "omega2", path, 0.0, omega1),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Crossover:
+    x: float | None
+    y: float | None
+    split_dim: int
+    warning: str | None = None
+
+
+@dataclass(kw_only=True)
+class Plan:
+    """A whole plan. ``layers`` are preconditioned; ``skipped`` lists layers left to SGD and why."""
+
+    model: dict
+    device: dict
+    capture: dict
+    rule: dict
+    candidates: list[int]
+    curves: dict
+    crossover: Crossover
+    schedule: Schedule
+    layers: list[LayerPlan]
+    skipped: list[dict] = field(default_factory=list)
+    tool_version: str = ""
+    created: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def split_dim(self) -> int:
+        return self.crossover.split_dim
+
+    def layer(self, name: str) -> LayerPlan:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": self.schema_version, "tool_version": self.tool_version,
+            "created": self.created, "model": self.model, "device": self.device,
+            "capture": self.capture, "rule": self.rule, "candidates": list(self.candidates),
+            "curves": self.curves, "crossover": asdict(self.crossover),
+            "schedule": self.schedule.to_dict(), "layers": [asdict(lp) for lp in self.layers],
+            "skipped": self.skipped,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the plan as JSON atomically (a temporary file renamed into place)."""
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Plan":
+        if not isinstance(d, dict):
+            raise PlanError("Invalid plan: the file must hold a JSON object")
+        version = _get(d, "schema_version", "")
+        if version != SCHEMA_VERSION:
+            _fail("schema_version", version, f"this version of thor-plan reads schema_version {SCHEMA_VERSION}")
+        for key in ("model", "device", "capture", "rule", "curves"):
+            if not isinstance(_get(d, key, ""), dict):
+                _fail(key, d[key], "must be an object")
+        cands = _get(d, "candidates", "")
+        if not isinstance(cands, list) or not cands or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in cands
+        ) or sorted(set(cands)) != cands:
+            _fail("candidates", cands, "must be a non-empty increasing list of integers >= 1")
+        co = _get(d, "crossover", "")
+        crossover = Crossover(
+            x=_num(co, "x", "crossover", optional=True), y=_num(co, "y", "crossover", optional=True),
+            split_dim=_int(co, "split_dim", "crossover", 1), warning=_str(co, "warning", "crossover", optional=True),
+        )
+        raw_layers = _get(d, "layers", "")
+        if not isinstance(raw_layers, list):
+            _fail("layers", raw_layers, "must be a list")
+        layers = [LayerPlan.from_dict(lp, f"layers[{i}]") for i, lp in enumerate(raw_layers)]
+        names = [lp.name for lp in layers]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup is not None:
+            _fail("layers", dup, "layer names must be unique")
+        skipped = d.get("skipped", [])
+        if not isinstance(skipped, list):
+            _fail("skipped", skipped, "must be a list")
+        return cls(
+            schema_version=version, tool_version=str(d.get("tool_version", "")),
+            created=str(d.get("created", "")), model=d["model"], device=d["device"],
+            capture=d["capture"], rule=d["rule"], candidates=cands, curves=d["curves"],
+            crossover=crossover, schedule=Schedule.from_dict(_get(d, "schedule", "")),
+            layers=layers, skipped=skipped,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        p = Path(path)
+        if not p.is_file():
+            raise PlanError(f"Plan file '{p}' not found: pass the plan.json written by 'thor-plan profile'")
+        try:
+            data = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PlanError(f"Plan file '{p}' is not valid JSON ({exc}): re-create it with 'thor-plan plan'") from None
+        return cls.from_dict(data)
+
+    def check_model(self, model) -> None:
+        """Refuse a plan whose layers do not match ``model`` (names, kinds, factor dimensions)."""
+        from .capture import layer_specs  # late import: capture imports torch hooks machinery
+
+        specs = {s.name: s for s in layer_specs(model)}
+        problems = []
+        for lp in self.layers:
+            spec = specs.get(lp.name)
+            if spec is None:
+                problems.append(f"{lp.name}: not a Conv2d/Linear layer of the model")
+                continue
+            for what, planned, actual in (("kind", lp.kind, spec.kind), ("a_dim", lp.a_dim, spec.a_dim),
+                                          ("g_dim", lp.g_dim, spec.g_dim)):
+                if planned != actual:
+                    problems.append(f"{lp.name}: plan {what}={planned}, model {what}={actual}")
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise PlanError(f"Plan does not match the model ({len(problems)} mismatches): {shown}. "
+                            "Profile this model again to make a plan for it")
