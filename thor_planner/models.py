@@ -239,7 +239,8 @@ def _from_hub(name: str, num_classes: int | None) -> nn.Module:
         fix = ("install a torchvision build that matches torch" if lib == "torchvision"
                else "install timm (pip install timm)")
         raise UserError(
-            f"Model '{name}' needs {lib}, which does not import here: {fix}, or use a built-in model"
+            f"Model '{name}' needs {lib}, which does not import here: "
+            f"{fix}, or use a built-in model"
         ) from exc
     try:
         if lib == "torchvision":

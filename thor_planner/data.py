@@ -1,0 +1,236 @@
+"""Batch sources for profiling: each yields ``(inputs, labels)`` tensor pairs.
+
+``synthetic`` is random data (fast, but not real statistics), ``digits`` is scikit-learn's bundled
+8x8 digits (no download), a ``'pkg.module:function'`` factory is the user's own data, and a folder
+of class subfolders is read as images when Pillow imports.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .errors import UserError
+from .imports import accepted_kwargs, import_object
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DIGITS_SHAPE = (1, 8, 8)
+DIGITS_CLASSES = 10
+
+
+@dataclass
+class BatchSource:
+    """The batches to profile on, what they are, and which kind of source gave them."""
+
+    batches: list[Batch]
+    description: str
+    kind: Literal["synthetic", "digits", "factory", "folder"]
+
+
+def synthetic_batches(input_shape: tuple[int, ...], num_classes: int, batch_size: int,
+                      batches: int, seed: int) -> list[Batch]:
+    """Standard-normal inputs and uniform labels in ``[0, num_classes)``, deterministic in
+    ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn((batch_size, *input_shape), generator=gen),
+         torch.randint(0, num_classes, (batch_size,), generator=gen))
+        for _ in range(batches)
+    ]
+
+
+def digits_split(seed: int = 0, test_fraction: float = 0.2
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits as ``(x_train, y_train, x_test, y_test)``.
+
+    Images are float32 ``(N, 1, 8, 8)`` scaled to [0, 1], then normalised with the train split's
+    mean and std; labels are int64 in ``[0, 10)``; the split is stratified.
+    """
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as exc:
+        raise UserError(
+            "The 'digits' data needs scikit-learn: pip install scikit-learn "
+            "(or the project's 'digits' extra)"
+        ) from exc
+    bunch = load_digits()
+    x = torch.as_tensor(bunch.images, dtype=torch.float32).reshape(-1, *DIGITS_SHAPE) / 16.0
+    y = torch.as_tensor(bunch.target, dtype=torch.int64)
+    idx_train, idx_test = train_test_split(
+        torch.arange(len(y)).numpy(), test_size=test_fraction, random_state=seed,
+        stratify=y.numpy(),
+    )
+    x_train, x_test = x[torch.as_tensor(idx_train)], x[torch.as_tensor(idx_test)]
+    mean, std = x_train.mean(), x_train.std()
+    return ((x_train - mean) / std, y[torch.as_tensor(idx_train)],
+            (x_test - mean) / std, y[torch.as_tensor(idx_test)])
+
+
+def _cycled_indices(n: int, count: int, gen: torch.Generator) -> torch.Tensor:
+    """``count`` indices into ``n`` items: shuffled epochs, reshuffled each time they run out."""
+    epochs = math.ceil(count / n)
+    return torch.cat([torch.randperm(n, generator=gen) for _ in range(epochs)])[:count]
+
+
+def digits_batches(batch_size: int, batches: int, seed: int) -> list[Batch]:
+    """Batches from the digits train split, shuffled with ``seed``, cycling if needed."""
+    x, y, _, _ = digits_split(seed=seed)
+    idx = _cycled_indices(len(y), batch_size * batches, torch.Generator().manual_seed(seed))
+    return [(x[i], y[i]) for i in idx.split(batch_size)]
+
+
+def _describe(item: object) -> str:
+    if isinstance(item, (tuple, list)):
+        inner = ", ".join(type(v).__name__ for v in item)
+        return f"{type(item).__name__} of ({inner})"
+    return type(item).__name__
+
+
+def factory_batches(spec: str, batch_size: int, batches: int, seed: int) -> list[Batch]:
+    """The first ``batches`` pairs from a user factory.
+
+    The factory is called with whichever of ``batch_size=`` and ``seed=`` it accepts, and must
+    return an iterable (a DataLoader, a list, a generator) of ``(inputs, labels)`` tensor pairs.
+    """
+    fn = import_object(spec, "data factory")
+    result = fn(**accepted_kwargs(fn, {"batch_size": batch_size, "seed": seed}))
+    if not isinstance(result, Iterable):
+        raise UserError(
+            f"Data factory '{spec}' must return an iterable of (inputs, labels) pairs, "
+            f"got {type(result).__name__}"
+        )
+    out: list[Batch] = []
+    for item in result:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2
+                and all(isinstance(v, torch.Tensor) for v in item)):
+            raise UserError(
+                f"Data factory '{spec}' must yield (inputs, labels) pairs, got {_describe(item)}"
+            )
+        out.append((item[0], item[1]))
+        if len(out) == batches:
+            return out
+    raise UserError(
+        f"Data factory '{spec}' yielded {len(out)} batches, fewer than the {batches} requested: "
+        "lower --batches"
+    )
+
+
+def _list_images(path: str) -> tuple[list[tuple[str, int]], list[str]]:
+    classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    files = [
+        (os.path.join(path, c, f), label)
+        for label, c in enumerate(classes)
+        for f in sorted(os.listdir(os.path.join(path, c)))
+        if f.lower().endswith(IMAGE_EXTENSIONS)
+    ]
+    return files, classes
+
+
+def image_folder_batches(path: str, input_size: int | tuple[int, int], batch_size: int,
+                         batches: int, seed: int) -> list[Batch]:
+    """RGB images from ``path/<class>/<image>``, resized to ``input_size`` (an int is square),
+    ImageNet-normalised; labels are class indices in sorted folder order."""
+    try:
+        import numpy as np
+        from PIL import Image
+    except ImportError as exc:
+        raise UserError("Reading an image folder needs Pillow: pip install pillow") from exc
+    if not os.path.isdir(path):
+        raise UserError(
+            f"Data folder '{path}' not found: pass a folder with one subfolder of images per class"
+        )
+    files, _ = _list_images(path)
+    if not files:
+        raise UserError(
+            f"Data folder '{path}' has no images: pass a folder with one subfolder of images "
+            "per class"
+        )
+    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    def read(file: str) -> torch.Tensor:
+        try:
+            with Image.open(file) as img:
+                rgb = img.convert("RGB").resize((width, height), Image.BILINEAR)
+                arr = np.asarray(rgb, dtype=np.float32) / 255.0
+        except Exception as exc:  # noqa: BLE001 - any decoding failure
+            raise UserError(f"Cannot read image '{file}': {exc}") from exc
+        return (torch.from_numpy(arr).permute(2, 0, 1) - mean) / std
+
+    idx = _cycled_indices(len(files), batch_size * batches, torch.Generator().manual_seed(seed))
+    out: list[Batch] = []
+    for chunk in idx.split(batch_size):
+        picked = [files[i] for i in chunk.tolist()]
+        out.append((torch.stack([read(f) for f, _ in picked]),
+                    torch.tensor([label for _, label in picked], dtype=torch.int64)))
+    return out
+
+
+def _check_labels(data: str, source: list[Batch], num_classes: int | None) -> None:
+    top = max(int(labels.max()) for _, labels in source)
+    if num_classes is not None and top >= num_classes:
+        raise UserError(
+            f"Data '{data}' has labels up to {top}, but the model has {num_classes} classes: "
+            f"use a model with at least {top + 1} classes (--num-classes)"
+        )
+
+
+def load_batches(data: str, *, input_shape: tuple[int, ...] | None, num_classes: int | None,
+                 batch_size: int, batches: int, seed: int) -> BatchSource:
+    """The batches named by ``data``: ``'synthetic'``, ``'digits'``, an image folder, or a factory
+    ``'pkg.module:function'``. ``input_shape`` and ``num_classes`` describe the model."""
+    if batch_size < 1:
+        raise UserError(f"Invalid --batch-size={batch_size}: must be >= 1")
+    if batches < 1:
+        raise UserError(f"Invalid --batches={batches}: must be >= 1")
+    if data == "synthetic":
+        if input_shape is None or num_classes is None:
+            raise UserError(
+                "Synthetic data needs the model's input shape and class count: "
+                "use a model that declares them, or pass real data with --data"
+            )
+        return BatchSource(
+            synthetic_batches(input_shape, num_classes, batch_size, batches, seed),
+            "synthetic (random normal inputs, uniform labels; not real data)", "synthetic")
+    if data == "digits":
+        if input_shape is not None and math.prod(input_shape) != math.prod(DIGITS_SHAPE):
+            raise UserError(
+                f"The 'digits' data is 1x8x8 images, but the model expects input shape "
+                f"{tuple(input_shape)}: use --model cnn or --model mlp"
+            )
+        source = digits_batches(batch_size, batches, seed)
+        if input_shape is not None and tuple(input_shape) != DIGITS_SHAPE:
+            source = [(x.reshape(len(x), *input_shape), y) for x, y in source]
+        _check_labels(data, source, num_classes)
+        return BatchSource(source, "digits (scikit-learn 8x8 handwritten digits, train split)",
+                           "digits")
+    if os.path.isdir(data):
+        if input_shape is not None and (len(input_shape) != 3 or input_shape[0] != 3):
+            raise UserError(
+                f"Image folder '{data}' gives 3-channel images, but the model expects input "
+                f"shape {tuple(input_shape)}: use a model that takes (3, H, W) images"
+            )
+        size = (input_shape[1], input_shape[2]) if input_shape is not None else (224, 224)
+        source = image_folder_batches(data, size, batch_size, batches, seed)
+        _check_labels(data, source, num_classes)
+        count, classes = (len(v) for v in _list_images(data))
+        return BatchSource(source, f"image folder '{data}' ({count} images in {classes} classes)",
+                           "folder")
+    if ":" in data:
+        return BatchSource(factory_batches(data, batch_size, batches, seed),
+                           f"factory '{data}'", "factory")
+    raise UserError(
+        f"Unknown data '{data}': use 'synthetic', 'digits', a factory 'pkg.module:function' "
+        "or an image folder"
+    )

@@ -1,0 +1,86 @@
+"""What a profile measured, as two CSV files that ``thor-plan plan --from`` re-plans from.
+
+``losses.csv``: one row per factor (``layer, kind, factor, dim``) and one column per candidate.
+``timings.csv``: one row per candidate (median, min, max seconds, repeats, blocks, GFLOP,
+predicted); its first line is ``# thor-plan {json}`` with the provenance (model, device, capture,
+the measured training-step time and the skipped layers), which pandas skips as a comment.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .atomic import atomic_write_text
+from .errors import UserError
+
+LOSSES_CSV = "losses.csv"
+TIMINGS_CSV = "timings.csv"
+META_PREFIX = "# thor-plan "
+LOSS_COLUMNS = ["layer", "kind", "factor", "dim"]
+TIMING_COLUMNS = ["candidate", "median_s", "min_s", "max_s", "repeats", "blocks", "gflop", "predicted"]
+
+
+@dataclass
+class Measurements:
+    losses: pd.DataFrame
+    timings: pd.DataFrame
+    meta: dict
+
+    @property
+    def candidates(self) -> list[int]:
+        return [int(c) for c in self.timings["candidate"]]
+
+    @property
+    def seconds(self) -> list[float]:
+        return [float(s) for s in self.timings["median_s"]]
+
+    def csv_texts(self) -> dict[str, str]:
+        """The two files' contents (rendered before anything is written)."""
+        losses = self.losses.to_csv(index=False, float_format="%.6g")
+        timings = META_PREFIX + json.dumps(self.meta, sort_keys=True) + "\n"
+        timings += self.timings[TIMING_COLUMNS].to_csv(index=False, float_format="%.6g")
+        return {LOSSES_CSV: losses, TIMINGS_CSV: timings}
+
+    def save(self, folder: str | Path) -> None:
+        for name, text in self.csv_texts().items():
+            atomic_write_text(Path(folder) / name, text)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Measurements":
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise UserError(f"Profile folder '{folder}' not found: pass a folder written by 'thor-plan profile'")
+        paths = {name: folder / name for name in (LOSSES_CSV, TIMINGS_CSV)}
+        missing = [n for n, p in paths.items() if not p.is_file()]
+        if missing:
+            raise UserError(f"Profile folder '{folder}' lacks {' and '.join(missing)}: "
+                            "run 'thor-plan profile' to measure it first")
+        text = paths[TIMINGS_CSV].read_text()
+        first, _, rest = text.partition("\n")
+        if not first.startswith(META_PREFIX):
+            raise UserError(f"'{paths[TIMINGS_CSV]}' has no '{META_PREFIX.strip()}' header line: "
+                            "re-create it with 'thor-plan profile'")
+        try:
+            meta = json.loads(first[len(META_PREFIX):])
+            timings = pd.read_csv(io.StringIO(rest))
+            losses = pd.read_csv(paths[LOSSES_CSV])
+        except (ValueError, pd.errors.ParserError) as exc:
+            raise UserError(f"Cannot read the measurements in '{folder}': {str(exc).splitlines()[0]}") from None
+        for name, frame, cols in ((TIMINGS_CSV, timings, TIMING_COLUMNS), (LOSSES_CSV, losses, LOSS_COLUMNS)):
+            lacking = [c for c in cols if c not in frame.columns]
+            if lacking:
+                raise UserError(f"'{folder / name}' lacks columns {', '.join(lacking)}: re-create it with 'thor-plan profile'")
+        cands = [str(int(c)) for c in timings["candidate"]]
+        lacking = [c for c in cands if c not in losses.columns]
+        if lacking or len(timings) == 0 or len(losses) == 0:
+            raise UserError(f"'{folder}' has losses and timings for different candidates: re-run 'thor-plan profile'")
+        numeric = losses[cands].apply(pd.to_numeric, errors="coerce")
+        if numeric.isna().any().any() or ((numeric < 0) | (numeric > 1)).any().any():
+            raise UserError(f"'{folder / LOSSES_CSV}' holds losses outside [0, 1]: re-run 'thor-plan profile'")
+        timings["predicted"] = timings["predicted"].astype(bool)
+        return cls(losses=losses, timings=timings, meta=meta)

@@ -1,0 +1,76 @@
+"""From measurements to a plan: the global split by a rule, then each factor's split."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from enum import Enum
+
+from . import __version__
+from .crossover import budget, crossover, factor_split, loss_fraction, normalized_perf
+from .measurements import Measurements
+from .plan import Crossover, LayerPlan, Plan, Schedule
+
+
+class Rule(str, Enum):
+    crossover = "crossover"
+    budget = "budget"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuleConfig:
+    """The rule that picks the global split, and its parameters."""
+
+    name: Rule = Rule.crossover
+    loss_threshold: float = 0.01
+    overhead: float = 0.05
+    interval: int = 100
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", Rule(self.name))
+        if not 0 < self.loss_threshold < 1:
+            raise ValueError(f"Invalid loss_threshold={self.loss_threshold}: must be in (0, 1)")
+        if not self.overhead > 0:
+            raise ValueError(f"Invalid overhead={self.overhead}: must be > 0")
+        if self.interval < 1:
+            raise ValueError(f"Invalid interval={self.interval}: must be >= 1")
+
+
+def make_plan(m: Measurements, rule: RuleConfig = RuleConfig(), schedule: Schedule = Schedule()) -> Plan:
+    """Apply ``rule`` to the measurements and write every layer's splits."""
+    cands, seconds = m.candidates, m.seconds
+    frac = loss_fraction(m.losses, cands, rule.loss_threshold)
+    perf = normalized_perf(seconds)
+    rule_info: dict = {"name": rule.name.value, "loss_threshold": rule.loss_threshold}
+    if rule.name is Rule.crossover:
+        choice = crossover(cands, frac, perf)
+    else:
+        step = float(m.meta["step_seconds"])
+        choice = budget(cands, seconds, step_seconds=step, overhead=rule.overhead, interval=rule.interval)
+        rule_info.update(overhead=rule.overhead, interval=rule.interval, step_seconds=step)
+    layers = []
+    by_layer = {}
+    for row in m.losses.to_dict("records"):
+        by_layer.setdefault(row["layer"], {})[row["factor"]] = row
+    for name, rows in by_layer.items():
+        a, g = rows["a"], rows["g"]
+        splits = {}
+        for which, row in (("a", a), ("g", g)):
+            losses = [float(row[str(b)]) for b in cands]
+            split = factor_split(losses, cands, choice.split_dim, int(row["dim"]), rule.loss_threshold)
+            loss_at = dict(zip(cands, losses)).get(split, 0.0)  # split == dim (not a candidate): no loss
+            splits[which] = (split, loss_at)
+        layers.append(LayerPlan(
+            name=name, kind=a["kind"], a_dim=int(a["dim"]), g_dim=int(g["dim"]),
+            a_split=splits["a"][0], g_split=splits["g"][0], a_loss=splits["a"][1], g_loss=splits["g"][1],
+            omega1=schedule.omega1, omega2=schedule.omega2,
+        ))
+    return Plan(
+        tool_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        model=m.meta["model"], device=m.meta["device"], capture=m.meta["capture"], rule=rule_info,
+        candidates=cands,
+        curves={"loss_fraction": frac, "inversion_seconds": seconds, "normalized_perf": perf},
+        crossover=Crossover(x=choice.x, y=choice.y, split_dim=choice.split_dim, warning=choice.warning),
+        schedule=schedule, layers=layers, skipped=list(m.meta.get("skipped", [])),
+    )

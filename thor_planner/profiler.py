@@ -1,0 +1,171 @@
+"""``thor-plan profile``: capture factors, measure information loss and inversion time."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import re
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from . import __version__
+from .capture import CapturedFactors, capture_factors
+from .data import load_batches
+from .errors import UserError
+from .infoloss import loss_table
+from .inversion import BACKENDS, DEFAULT_BACKEND
+from .measurements import Measurements
+from .models import LoadedModel, load_model
+from .progress import Progress
+from .timing import TimingConfig, time_candidates, time_training_step
+
+DEVICES = ("auto", "cpu", "cuda")
+FISHERS = ("sampled", "empirical")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfileConfig:
+    model: str = "resnet50"
+    weights: str | None = None
+    num_classes: int | None = None
+    data: str = "synthetic"
+    batches: int = 2
+    batch_size: int = 8
+    input_size: int | None = None
+    seed: int = 0
+    fisher: str = "sampled"
+    skip: str | None = None
+    device: str = "auto"
+    candidates: tuple[int, ...] | None = None
+    max_split: int = 2048
+    backend: str = DEFAULT_BACKEND
+    timing: TimingConfig = TimingConfig()
+
+    def __post_init__(self) -> None:
+        if self.batches < 1:
+            raise UserError(f"Invalid --batches={self.batches}: must be >= 1")
+        if self.batch_size < 1:
+            raise UserError(f"Invalid --batch-size={self.batch_size}: must be >= 1")
+        if self.input_size is not None and self.input_size < 1:
+            raise UserError(f"Invalid --input-size={self.input_size}: must be >= 1")
+        if self.fisher not in FISHERS:
+            raise UserError(f"Invalid --fisher={self.fisher!r}: use 'sampled' or 'empirical'")
+        if self.device not in DEVICES:
+            raise UserError(f"Invalid --device={self.device!r}: use auto, cpu or cuda")
+        if self.max_split < 1:
+            raise UserError(f"Invalid --max-split={self.max_split}: must be >= 1")
+        if self.candidates is not None and (
+            not self.candidates or any(c < 1 for c in self.candidates) or list(self.candidates) != sorted(set(self.candidates))
+        ):
+            raise UserError(f"Invalid --candidates={','.join(map(str, self.candidates))}: "
+                            "give increasing integers >= 1, e.g. 1,16,64,256")
+        if self.backend not in BACKENDS:
+            raise UserError(f"Invalid --backend={self.backend!r}: use one of {', '.join(sorted(BACKENDS))}")
+        if self.skip is not None:
+            try:
+                re.compile(self.skip)
+            except re.error as exc:
+                raise UserError(f"Invalid --skip={self.skip!r}: not a regular expression ({exc})") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("CUDA was asked for (--device cuda) but torch sees no CUDA device: "
+                        "use --device cpu, or install a CUDA build of torch on a GPU machine")
+    return torch.device(name)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(device: torch.device, backend: str) -> dict:
+    cuda = device.type == "cuda"
+    return {
+        "type": device.type,
+        "name": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if cuda else None,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "backend": backend,
+        "dtype": "float32",
+    }
+
+
+def default_candidates(max_dim: int, max_split: int = 2048) -> list[int]:
+    """1, then powers of two from 16 up to the largest factor dimension (and ``max_split``)."""
+    top = min(max_dim, max_split)
+    cands, b = [1], 16
+    while b <= top:
+        cands.append(b)
+        b *= 2
+    return cands
+
+
+def input_shape_for(loaded: LoadedModel, input_size: int | None) -> tuple[int, ...] | None:
+    shape = loaded.input_shape
+    if input_size is None:
+        return shape
+    if shape is None:
+        return (3, input_size, input_size)
+    if len(shape) != 3:
+        raise UserError(f"--input-size applies to image models; '{loaded.name}' takes inputs of shape "
+                        f"{tuple(shape)}: drop --input-size")
+    return (shape[0], input_size, input_size)
+
+
+def run_profile(cfg: ProfileConfig, progress: Progress = Progress()) -> tuple[Measurements, CapturedFactors]:
+    """Measure everything the planner needs; nothing is written here."""
+    device = resolve_device(cfg.device)
+    loaded = load_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights)
+    shape = input_shape_for(loaded, cfg.input_size)
+    if shape is None and cfg.data == "synthetic":
+        raise UserError(f"Model '{cfg.model}' has no known input shape: pass --input-size N "
+                        "(images 3×N×N) or real batches with --data")
+    source = load_batches(cfg.data, input_shape=shape, num_classes=loaded.num_classes,
+                          batch_size=cfg.batch_size, batches=cfg.batches, seed=cfg.seed)
+    model = loaded.model.to(device)
+    torch.manual_seed(cfg.seed)
+    with progress.stage("capture factors", len(source.batches)) as advance:
+        captured = capture_factors(model, source.batches, fisher=cfg.fisher, skip=cfg.skip,
+                                   seed=cfg.seed, device=device, progress=advance)
+    named = [(s.name, s.kind, w, f) for s in captured.specs
+             for w, f in (("a", captured.a[s.name]), ("g", captured.g[s.name]))]
+    max_dim = max(f.shape[0] for *_, f in named)
+    candidates = list(cfg.candidates) if cfg.candidates else default_candidates(max_dim, cfg.max_split)
+    with progress.stage("information loss", len(named)) as advance:
+        losses = loss_table(named, candidates, progress=advance)
+    with progress.stage("inversion timing", len(candidates)) as advance:
+        timings = time_candidates([f for *_, f in named], candidates, backends=cfg.backend,
+                                  config=cfg.timing, progress=advance)
+    with progress.stage("training step", 1) as advance:
+        step_times = time_training_step(model, source.batches[0], device=device)
+        advance()
+    meta = {
+        "tool_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": loaded.name, "source": loaded.source, "num_params": loaded.num_params},
+        "device": device_info(device, cfg.backend),
+        "capture": {"data": source.kind, "data_description": source.description,
+                    "batches": cfg.batches, "batch_size": cfg.batch_size,
+                    "input_shape": list(shape) if shape else None, "fisher": cfg.fisher,
+                    "seed": cfg.seed, "skip": cfg.skip},
+        "step_seconds": sorted(step_times)[len(step_times) // 2],
+        "step_repeats": len(step_times),
+        "skipped": captured.skipped,
+    }
+    frame = pd.DataFrame([t.row() for t in timings])
+    return Measurements(losses=losses, timings=frame, meta=meta), captured

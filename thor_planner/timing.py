@@ -1,0 +1,148 @@
+"""Timing of the whole network's block inversion per candidate split, and of one training step.
+
+Each candidate is timed exactly as the THOR runtime refreshes its inverses: every factor is
+partitioned at the candidate (capped at its dimension), blocks are grouped by size
+(:func:`partition.group_by_size`) and inverted by :func:`inversion.invert_groups`, one batched
+call per size. One warm-up run, then repeats until the per-candidate time budget is spent
+(at least ``min_repeats``, at most ``max_repeats``); the median and the spread are recorded.
+On CUDA the device is synchronised around each run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .inversion import DEFAULT_BACKEND, invert_groups, inversion_flops
+from .partition import block_counts, group_by_size, partition
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """How long to time each candidate."""
+
+    budget_s: float = 1.0
+    min_repeats: int = 1
+    max_repeats: int = 7
+    warmup: int = 1
+    damping: float = 0.03
+
+    def __post_init__(self) -> None:
+        if not self.budget_s > 0:
+            raise ValueError(f"Invalid budget_s={self.budget_s}: must be > 0")
+        if not 1 <= self.min_repeats <= self.max_repeats:
+            raise ValueError(f"Invalid min_repeats={self.min_repeats}: must be in [1, max_repeats]")
+        if self.warmup < 0:
+            raise ValueError(f"Invalid warmup={self.warmup}: must be >= 0")
+
+
+@dataclass(frozen=True)
+class CandidateTiming:
+    candidate: int
+    median_s: float
+    min_s: float
+    max_s: float
+    repeats: int
+    blocks: dict[int, int]
+    gflop: float
+
+    def row(self) -> dict:
+        blocks = " ".join(f"{s}x{c}" for s, c in sorted(self.blocks.items(), reverse=True))
+        return {"candidate": self.candidate, "median_s": self.median_s, "min_s": self.min_s,
+                "max_s": self.max_s, "repeats": self.repeats, "blocks": blocks,
+                "gflop": self.gflop, "predicted": False}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], object], device: torch.device, config: TimingConfig) -> list[float]:
+    """Seconds per call of ``fn`` after warm-up, repeated within the budget."""
+    for _ in range(config.warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < config.max_repeats and (len(times) < config.min_repeats or spent < config.budget_s):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        times.append(elapsed)
+        spent += elapsed
+    return times
+
+
+def time_candidates(
+    factors: Sequence[torch.Tensor],
+    candidates: Sequence[int],
+    *,
+    backends: str | Mapping[int, str] = DEFAULT_BACKEND,
+    config: TimingConfig = TimingConfig(),
+    progress: Callable[[int], None] | None = None,
+) -> list[CandidateTiming]:
+    """Time the refresh of all ``factors``' inverses at every candidate split."""
+    if not factors:
+        raise ValueError("No factors to time")
+    device = factors[0].device
+    dims = [f.shape[0] for f in factors]
+    results = []
+    for b in candidates:
+        parts = [partition(d, b) for d in dims]
+
+        def refresh(parts=parts):
+            return invert_groups(group_by_size(factors, parts), config.damping, backends)
+
+        times = measure(refresh, device, config)
+        counts = block_counts(dims, [b] * len(dims))
+        results.append(CandidateTiming(
+            candidate=b, median_s=statistics.median(times), min_s=min(times), max_s=max(times),
+            repeats=len(times), blocks=counts, gflop=inversion_flops(counts) / 1e9,
+        ))
+        if progress is not None:
+            progress(b)
+    return results
+
+
+def synthetic_factors(dims: Sequence[int], *, device="cpu", dtype=torch.float32, seed: int = 0) -> list[torch.Tensor]:
+    """Well-conditioned random SPD factors of the given dimensions (for device profiling)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for d in dims:
+        x = torch.randn(d, d, generator=gen, dtype=torch.float64) / d**0.5
+        out.append((x @ x.T + 0.1 * torch.eye(d, dtype=torch.float64)).to(device=device, dtype=dtype))
+    return out
+
+
+def time_training_step(
+    model: nn.Module,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    *,
+    device: torch.device,
+    config: TimingConfig = TimingConfig(budget_s=2.0, min_repeats=3, max_repeats=10),
+) -> list[float]:
+    """Seconds per first-order training step (forward, backward, SGD step) on ``batch``.
+
+    Runs on a deep copy so the user's model is untouched.
+    """
+    import copy
+
+    work = copy.deepcopy(model).to(device).train()
+    opt = torch.optim.SGD(work.parameters(), lr=1e-6, momentum=0.9)
+    inputs, labels = batch[0].to(device), batch[1].to(device)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        out = work(inputs)
+        loss_fn(out.reshape(-1, out.shape[-1]), labels.reshape(-1)).backward()
+        opt.step()
+
+    return measure(step, torch.device(device), config)
