@@ -223,9 +223,12 @@ class Plan:
             "skipped": self.skipped,
         }
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
     def save(self, path: str | Path) -> Path:
         """Write the plan as JSON atomically (a temporary file renamed into place)."""
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return atomic_write_text(path, self.to_json())
 
     @classmethod
     def from_dict(cls, d: Any) -> "Plan":

@@ -5,7 +5,9 @@ partitioned at the candidate (capped at its dimension), blocks are grouped by si
 (:func:`partition.group_by_size`) and inverted by :func:`inversion.invert_groups`, one batched
 call per size. One warm-up run, then repeats until the per-candidate time budget is spent
 (at least ``min_repeats``, at most ``max_repeats``); the median and the spread are recorded.
-On CUDA the device is synchronised around each run.
+A candidate whose warm-up run alone takes longer than the whole budget is recorded from that one
+run (its ``repeats`` is 1), which keeps the largest splits bounded. On CUDA the device is
+synchronised around each run.
 """
 
 from __future__ import annotations
@@ -63,20 +65,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
 def measure(fn: Callable[[], object], device: torch.device, config: TimingConfig) -> list[float]:
     """Seconds per call of ``fn`` after warm-up, repeated within the budget."""
     for _ in range(config.warmup):
-        fn()
-    _sync(device)
+        elapsed = _timed(fn, device)
+        if elapsed > config.budget_s and config.min_repeats == 1:
+            return [elapsed]
     times: list[float] = []
-    spent = 0.0
-    while len(times) < config.max_repeats and (len(times) < config.min_repeats or spent < config.budget_s):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        elapsed = time.perf_counter() - start
-        times.append(elapsed)
-        spent += elapsed
+    while len(times) < config.max_repeats and (len(times) < config.min_repeats or sum(times) < config.budget_s):
+        times.append(_timed(fn, device))
     return times
 
 
@@ -126,7 +131,7 @@ def time_training_step(
     batch: tuple[torch.Tensor, torch.Tensor],
     *,
     device: torch.device,
-    config: TimingConfig = TimingConfig(budget_s=2.0, min_repeats=3, max_repeats=10),
+    config: TimingConfig = TimingConfig(budget_s=1.0, min_repeats=3, max_repeats=10),
 ) -> list[float]:
     """Seconds per first-order training step (forward, backward, SGD step) on ``batch``.
 

@@ -1,0 +1,1 @@
+"""The ``thor-plan`` command line."""

@@ -1,0 +1,206 @@
+"""``thor-plan``: profile a model, plan its block splits, render the report, train with THOR.
+
+Thin by design: parse, call :mod:`thor_planner`, print.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from thor_planner import __version__
+from thor_planner.errors import UserError
+from thor_planner.inversion import BACKENDS, DEFAULT_BACKEND
+from thor_planner.measurements import Measurements
+from thor_planner.outputs import check_writable, write_profile, write_plan_and_report
+from thor_planner.plan import Plan
+from thor_planner.planner import Rule, RuleConfig, make_plan
+
+from .console import BarProgress, console, fail, user_errors
+
+app = typer.Typer(
+    name="thor-plan",
+    help="Plan THOR's per-layer Kronecker-factor block splits from measurements on your hardware.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class DeviceChoice(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class FisherChoice(str, Enum):
+    sampled = "sampled"
+    empirical = "empirical"
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"thor-plan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Plan THOR's per-layer Kronecker-factor block splits from measurements on your hardware."""
+
+
+def _rule_config(rule: Rule, threshold: float, overhead: float, interval: int) -> RuleConfig:
+    if not 0 < threshold < 1:
+        raise UserError(f"Invalid --threshold={threshold:g}: must be in (0, 1), e.g. 0.01 for 1%")
+    if not overhead > 0:
+        raise UserError(f"Invalid --overhead={overhead:g}: must be > 0, e.g. 0.05 for 5% of a training step")
+    if interval < 1:
+        raise UserError(f"Invalid --interval={interval}: must be >= 1 step")
+    return RuleConfig(name=rule, loss_threshold=threshold, overhead=overhead, interval=interval)
+
+
+def _parse_candidates(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise UserError(f"Invalid --candidates={text!r}: give comma-separated integers, e.g. 1,16,64,256") from None
+
+
+def _summarise(plan: Plan, out: Path | None = None) -> None:
+    co = plan.crossover
+    how = f"crossover at b≈{co.x:.0f}" if co.x is not None else f"rule {plan.rule['name']}"
+    console.print(f"[bold]Global split {co.split_dim}[/] ({how}) for {len(plan.layers)} layers"
+                  + (f", {len(plan.skipped)} skipped" if plan.skipped else ""))
+    if co.warning:
+        console.print(f"[yellow]Warning:[/] {co.warning}", highlight=False)
+    if out is not None:
+        console.print(f"Wrote {out}")
+
+
+ThresholdOpt = typer.Option(0.01, "--threshold", help="Information-loss threshold (fraction; 0.01 = 1%).")
+OverheadOpt = typer.Option(0.05, "--overhead", help="budget rule: allowed inversion time per step, as a fraction of one training step.")
+IntervalOpt = typer.Option(100, "--interval", help="budget rule: steps between inverse refreshes to amortize over.")
+RuleOpt = typer.Option(Rule.crossover, "--rule", help="How to pick the global split.")
+
+
+@app.command()
+def profile(
+    model: str = typer.Option("resnet50", "--model", "-m", help="Built-in (resnet50, resnet18, cnn, mlp), 'pkg.module:factory', or torchvision:/timm: names when they import."),
+    weights: Path = typer.Option(None, "--weights", help="State dict to load (torch.load with weights_only=True)."),
+    num_classes: int = typer.Option(None, "--num-classes", help="Classes of the model's head (built-ins and factories that take num_classes)."),
+    data: str = typer.Option("synthetic", "--data", help="'synthetic' (default), 'digits', 'pkg.module:factory' yielding (inputs, labels), or an image folder."),
+    batches: int = typer.Option(2, "--batches", help="Batches to capture factors on."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Samples per batch."),
+    input_size: int = typer.Option(None, "--input-size", help="Image side for synthetic data (default: the model's, 224 for ResNets)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for data, Fisher label sampling and timing inputs."),
+    fisher: FisherChoice = typer.Option(FisherChoice.sampled, "--fisher", help="Labels for G: sampled from the model's output (true Fisher) or the batch labels (empirical)."),
+    skip: str = typer.Option(None, "--skip", help="Regex of layer names to leave to SGD."),
+    device: DeviceChoice = typer.Option(DeviceChoice.auto, "--device", help="Where to capture and time."),
+    candidates: str = typer.Option(None, "--candidates", help="Comma-separated splits to evaluate (default: 1 and powers of two from 16)."),
+    max_split: int = typer.Option(2048, "--max-split", help="Largest default candidate."),
+    backend: str = typer.Option(DEFAULT_BACKEND, "--backend", help=f"Inversion backend: {', '.join(sorted(BACKENDS))}."),
+    time_budget: float = typer.Option(1.0, "--time-budget", help="Seconds of repeats per candidate after warm-up."),
+    rule: Rule = RuleOpt,
+    threshold: float = ThresholdOpt,
+    overhead: float = OverheadOpt,
+    interval: int = IntervalOpt,
+    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: profiles/<model>-<device>)."),
+    save_factors: bool = typer.Option(False, "--save-factors", help="Also write the captured factors (factors.pt; hundreds of MB for ResNet-50)."),
+) -> None:
+    """Measure a model on this machine and write plan.json, report.html, losses.csv, timings.csv."""
+    from thor_planner.profiler import ProfileConfig, resolve_device, run_profile
+    from thor_planner.timing import TimingConfig
+
+    with user_errors():
+        rule_cfg = _rule_config(rule, threshold, overhead, interval)
+        if not time_budget > 0:
+            raise UserError(f"Invalid --time-budget={time_budget:g}: must be > 0 seconds")
+        cfg = ProfileConfig(
+            model=model, weights=str(weights) if weights else None, num_classes=num_classes, data=data,
+            batches=batches, batch_size=batch_size, input_size=input_size, seed=seed, fisher=fisher.value,
+            skip=skip, device=device.value, candidates=_parse_candidates(candidates), max_split=max_split,
+            backend=backend, timing=TimingConfig(budget_s=time_budget),
+        )
+        dev = resolve_device(cfg.device)
+        folder = out or Path("profiles") / f"{model.replace(':', '-').replace('/', '-')}-{dev.type}"
+        check_writable(folder)
+        bars = BarProgress()
+        measurements, captured = run_profile(cfg, bars)
+        plan = make_plan(measurements, rule_cfg)
+        write_profile(folder, measurements, plan, captured if save_factors else None)
+        total = sum(bars.seconds.values())
+        console.print("Measured in " + ", ".join(f"{k} {v:.1f} s" for k, v in bars.seconds.items())
+                      + f" (total {total:.1f} s)")
+        _summarise(plan)
+        console.print(f"Wrote {folder}/plan.json, report.html, losses.csv, timings.csv"
+                      + (", factors.pt" if save_factors else ""))
+
+
+@app.command("plan")
+def plan_cmd(
+    from_: Path = typer.Option(..., "--from", help="A folder written by 'thor-plan profile' (needs losses.csv and timings.csv)."),
+    rule: Rule = RuleOpt,
+    threshold: float = ThresholdOpt,
+    overhead: float = OverheadOpt,
+    interval: int = IntervalOpt,
+) -> None:
+    """Re-plan from saved measurements without measuring again; rewrites plan.json and report.html."""
+    with user_errors():
+        rule_cfg = _rule_config(rule, threshold, overhead, interval)
+        measurements = Measurements.load(from_)
+        check_writable(from_)
+        plan = make_plan(measurements, rule_cfg)
+        write_plan_and_report(from_, plan, measurements)
+        _summarise(plan, from_ / "plan.json")
+
+
+@app.command()
+def report(
+    folder: Path = typer.Argument(..., help="A folder written by 'thor-plan profile'."),
+) -> None:
+    """Re-render report.html from the folder's plan.json and CSVs."""
+    from thor_planner.report import build_report
+    from thor_planner.atomic import atomic_write_text
+
+    with user_errors():
+        measurements = Measurements.load(folder)
+        plan = Plan.load(folder / "plan.json")
+        check_writable(folder)
+        atomic_write_text(folder / "report.html", build_report(plan, measurements.losses, measurements.timings))
+        console.print(f"Wrote {folder / 'report.html'}")
+
+
+@app.command()
+def show(plan_path: Path = typer.Argument(..., metavar="PLAN", help="A plan.json file.")) -> None:
+    """Print a plan's provenance, rule, global split and per-layer splits."""
+    with user_errors():
+        plan = Plan.load(plan_path)
+    cap = plan.capture
+    console.print(f"[bold]{plan.model.get('name')}[/] ({plan.model.get('num_params', 0):,} parameters) "
+                  f"on {plan.device.get('type')} · {plan.device.get('name')}")
+    console.print(f"data: {cap.get('data')}, {cap.get('batches')}×{cap.get('batch_size')} samples, "
+                  f"Fisher {cap.get('fisher')} · rule {plan.rule.get('name')}, "
+                  f"loss threshold {plan.rule.get('loss_threshold'):g}")
+    _summarise(plan)
+    table = Table("layer", "kind", "A dim", "A split", "A loss", "G dim", "G split", "G loss")
+    for lp in plan.layers:
+        table.add_row(lp.name, lp.kind, str(lp.a_dim), str(lp.a_split), f"{lp.a_loss:.3f}",
+                      str(lp.g_dim), str(lp.g_split), f"{lp.g_loss:.3f}")
+    console.print(table)
+    for s in plan.skipped:
+        console.print(f"skipped {s['name']}: {s['reason']}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

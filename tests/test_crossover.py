@@ -1,0 +1,65 @@
+import pandas as pd
+import pytest
+
+from thor_planner.crossover import budget, crossover, factor_split, loss_fraction, normalized_perf
+
+THOR_CANDIDATES = [1, 16, 32, 64, 128, 256, 512, 1024, 2048]
+
+
+def test_thor_figure_crossing_near_106_snaps_to_128():
+    # Shaped like THOR's figure 3: performance 1.0 → ~0.07 at 256 → ~0 above 1000, loss fraction
+    # ~0.07 → ~0.89; they cross near b = 106.
+    perf = [1.0, 0.80, 0.62, 0.40, 0.12, 0.07, 0.03, 0.005, 0.001]
+    frac = [0.07, 0.08, 0.10, 0.14, 0.256, 0.45, 0.66, 0.80, 0.89]
+    choice = crossover(THOR_CANDIDATES, frac, perf)
+    assert choice.x == pytest.approx(106.0, abs=1.0)
+    assert choice.split_dim == 128
+    assert choice.warning is None
+
+
+def test_interpolation_is_linear_in_b():
+    choice = crossover([1, 16, 32], [0.0, 0.2, 0.6], [1.0, 0.6, 0.2])
+    # diff −0.4 at 16, +0.4 at 32: halfway, at 24 (ties snap to the smaller candidate).
+    assert choice.x == pytest.approx(24.0)
+    assert choice.y == pytest.approx(0.4)
+    assert choice.split_dim == 16
+
+
+def test_degenerate_crossing_warns_and_points_to_budget():
+    # As on a CPU, where b = 1 is nearly free: performance collapses before b = 16.
+    at_start = crossover(THOR_CANDIDATES, [0.01] * 3 + [0.2, 0.4, 0.6, 0.8, 0.9, 1.0],
+                         [1.0, 0.005, 0.002, 0.001, 0.0005, 0.0002, 0.0001, 0.0, 0.0])
+    assert at_start.x < 16
+    # Later, but with almost no factor below the loss threshold there.
+    low_fraction = crossover(THOR_CANDIDATES, [0.01] * 3 + [0.2, 0.4, 0.6, 0.8, 0.9, 1.0],
+                             [1.0, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002])
+    assert low_fraction.x == pytest.approx(33.6) and low_fraction.y < 0.05
+    for choice in (at_start, low_fraction):
+        assert choice.warning.startswith("Degenerate crossover at b≈")
+        assert "--rule budget --overhead F" in choice.warning
+
+
+def test_no_crossing_takes_the_largest_candidate():
+    choice = crossover([1, 16, 32], [0.0, 0.1, 0.2], [1.0, 0.9, 0.8])
+    assert choice.split_dim == 32 and choice.x is None and "do not cross" in choice.warning
+
+
+def test_normalized_perf_and_loss_fraction():
+    assert normalized_perf([0.5, 1.0, 2.0]) == [1.0, 0.5, 0.25]
+    losses = pd.DataFrame({"1": [0.5, 0.005, 0.2], "16": [0.0, 0.0, 0.02]})
+    assert loss_fraction(losses, [1, 16], 0.01) == pytest.approx([1 / 3, 2 / 3])
+
+
+def test_budget_takes_largest_affordable_candidate():
+    seconds = [0.001, 0.01, 0.1, 1.0]
+    choice = budget([1, 16, 32, 64], seconds, step_seconds=0.2, overhead=0.05, interval=10)  # 0.1 s allowed
+    assert choice.split_dim == 32 and choice.warning is None
+    tight = budget([1, 16], [1.0, 2.0], step_seconds=0.1, overhead=0.01, interval=1)
+    assert tight.split_dim == 1 and tight.warning.startswith("No candidate fits the budget")
+
+
+def test_factor_split_rule():
+    cands = [1, 16, 32, 64, 128]
+    assert factor_split([0.5, 0.2, 0.005, 0.0, 0.0], cands, 128, 500, 0.01) == 32
+    assert factor_split([0.5, 0.2, 0.1, 0.05, 0.02], cands, 64, 500, 0.01) == 64
+    assert factor_split([0.5, 0.2, 0.1, 0.05, 0.02], cands, 128, 40, 0.01) == 40  # capped at dim

@@ -1,0 +1,240 @@
+"""The HTML report: figures built from the plan's data, a self-contained page, escaping, rendering.
+
+``python tests/test_report.py out.html`` writes a demo report from realistic fake ResNet-50 data.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from thor_planner.plan import Plan, Schedule
+from thor_planner.report import build_report, figures, write_report
+
+CANDIDATES = [1, 16, 32, 64, 128, 256, 512, 1024, 2048]
+WARNING = "Degenerate crossover at b≈1: use the budget rule"
+
+
+def _layer(name, kind, a_dim, g_dim, a_split, g_split, a_loss=0.0, g_loss=0.0):
+    return {"name": name, "kind": kind, "a_dim": a_dim, "g_dim": g_dim, "a_split": a_split,
+            "g_split": g_split, "a_loss": a_loss, "g_loss": g_loss, "omega1": 0.01, "omega2": 0.001}
+
+
+def make_plan(layers, candidates, curves, *, x=106.0, y=0.21, split=128, warning=None, rule=None,
+              data="synthetic", skipped=()) -> Plan:
+    return Plan.from_dict({
+        "schema_version": 1, "tool_version": "0.1.0", "created": "2025-01-02T03:04:05+00:00",
+        "model": {"name": "resnet50", "source": "builtin", "num_params": 25_557_032},
+        "device": {"type": "cpu", "name": "AMD EPYC 7B13", "torch": "2.5.1", "cuda": None, "threads": 16,
+                   "backend": "torch-cholesky", "dtype": "float32"},
+        "capture": {"data": data, "batches": 4, "batch_size": 32, "input_size": [3, 224, 224],
+                    "fisher": "sampled", "seed": 0},
+        "rule": rule or {"name": "crossover", "loss_threshold": 0.01},
+        "candidates": list(candidates), "curves": curves,
+        "crossover": {"x": x, "y": y, "split_dim": split, "warning": warning},
+        "schedule": Schedule().to_dict(), "layers": layers, "skipped": list(skipped),
+    })
+
+
+def _losses_frame(layers, candidates, rng) -> pd.DataFrame:
+    rows = []
+    for lp in layers:
+        for which in ("a", "g"):
+            dim = lp[f"{which}_dim"]
+            scale = rng.uniform(0.02, 0.9)
+            vals = [0.0 if b >= dim else float(np.clip(scale * (1 - b / dim) ** 2 + rng.uniform(0, 0.002), 0, 1))
+                    for b in candidates]
+            rows.append({"layer": lp["name"], "kind": lp["kind"], "factor": which, "dim": dim,
+                         **{str(b): v for b, v in zip(candidates, vals)}})
+    return pd.DataFrame(rows, columns=["layer", "kind", "factor", "dim", *map(str, candidates)])
+
+
+def _timings_frame(candidates, total_dim, predicted_from=None) -> pd.DataFrame:
+    rows = []
+    for b in candidates:
+        med = 4e-4 + total_dim * b * b * 2.5e-11 * (1 + 0.3 * (b >= 512))
+        gflop = total_dim * b * b / 3 / 1e9
+        rows.append({"candidate": b, "median_s": med, "min_s": med * 0.93, "max_s": med * 1.12, "repeats": 7,
+                     "blocks": f"{b}x{max(1, total_dim // b)}", "gflop": gflop,
+                     "predicted": predicted_from is not None and b >= predicted_from})
+    return pd.DataFrame(rows)
+
+
+def small_case(warning=None, name="layer1.0.conv1", data="synthetic"):
+    cands = [1, 16, 32, 64]
+    layers = [_layer("conv1", "conv2d", 27, 16, 16, 16, 0.004, 0.0),
+              _layer(name, "conv2d", 144, 32, 32, 32, 0.02, 0.0),
+              _layer("fc", "linear", 65, 10, 32, 10, 0.0, 0.0)]
+    curves = {"loss_fraction": [0.1, 0.4, 0.7, 0.9], "inversion_seconds": [1e-3, 2e-3, 4e-3, 9e-3],
+              "normalized_perf": [1.0, 0.5, 0.25, 1 / 9]}
+    plan = make_plan(layers, cands, curves, x=20.0, y=0.45, split=16, warning=warning, data=data,
+                     skipped=[{"name": "head.<proj>", "reason": "weight is shared"}])
+    losses = _losses_frame(layers, cands, np.random.default_rng(0))
+    timings = _timings_frame(cands, 300, predicted_from=64)
+    return plan, losses, timings
+
+
+def resnet50_case(rule=None):
+    """Realistic fake measurements for ResNet-50 (54 layers, 108 factors)."""
+    layers, c_in = [_layer("conv1", "conv2d", 147, 64, 0, 0)], 64
+    for stage, (blocks, width) in enumerate(zip([3, 4, 6, 3], [64, 128, 256, 512]), start=1):
+        for i in range(blocks):
+            p = f"layer{stage}.{i}"
+            layers += [_layer(f"{p}.conv1", "conv2d", c_in, width, 0, 0),
+                       _layer(f"{p}.conv2", "conv2d", width * 9, width, 0, 0),
+                       _layer(f"{p}.conv3", "conv2d", width, width * 4, 0, 0)]
+            if i == 0:
+                layers.append(_layer(f"{p}.downsample.0", "conv2d", c_in, width * 4, 0, 0))
+            c_in = width * 4
+    layers.append(_layer("fc", "linear", 2049, 1000, 0, 0))
+    losses = _losses_frame(layers, CANDIDATES, np.random.default_rng(1))
+    total = int(losses["dim"].sum())
+    timings = _timings_frame(CANDIDATES, total)
+    secs = timings["median_s"].tolist()
+    frac = [float((losses[str(b)] < 0.01).mean()) for b in CANDIDATES]
+    perf = [secs[0] / s for s in secs]
+    diff = [f - p for f, p in zip(frac, perf)]
+    i = next(i for i in range(1, len(diff)) if diff[i] >= 0)
+    t = -diff[i - 1] / (diff[i] - diff[i - 1])
+    x = CANDIDATES[i - 1] + t * (CANDIDATES[i] - CANDIDATES[i - 1])
+    y = frac[i - 1] + t * (frac[i] - frac[i - 1])
+    split = min(CANDIDATES, key=lambda b: abs(b - x))
+    by = {(r["layer"], r["factor"]): r for r in losses.to_dict("records")}
+    for lp in layers:
+        for w in ("a", "g"):
+            row, dim = by[(lp["name"], w)], lp[f"{w}_dim"]
+            s = next((min(b, dim) for b in CANDIDATES if b <= split and row[str(b)] < 0.01), min(split, dim))
+            lp[f"{w}_split"], lp[f"{w}_loss"] = s, row[str(s)] if str(s) in row else 0.0
+    curves = {"loss_fraction": frac, "inversion_seconds": secs, "normalized_perf": perf}
+    plan = make_plan(layers, CANDIDATES, curves, x=x, y=y, split=split, rule=rule,
+                     skipped=[{"name": "aux_head", "reason": "not reached by the forward pass"}])
+    return plan, losses, timings
+
+
+def _without_plotlyjs(page: str) -> str:
+    """The page with the embedded plotly.js bundle cut out (it holds URLs for map tiles it never loads)."""
+    return re.sub(r"<script[^>]*>/\*\*\s*\* plotly\.js v.*?</script>", "<script></script>", page, flags=re.S)
+
+
+def test_page_is_self_contained():
+    plan, losses, timings = small_case()
+    page = build_report(plan, losses, timings)
+    assert re.search(r"plotly\.js v\d+\.\d+", page), "plotly.js must be embedded inline"
+    assert page.count("* plotly.js v") == 1, "plotly.js must be embedded exactly once"
+    assert not re.search(r"<script[^>]+src=", page)
+    rest = _without_plotlyjs(page)
+    assert len(rest) < len(page) // 10
+    assert "cdn." not in rest and "<link" not in rest and "@import" not in rest and "http" not in rest
+    assert "<title>thor-plan report — resnet50 on cpu</title>" in page
+    assert "Global split <b>16</b> · 3 layers preconditioned · 1 skipped · rule crossover (loss &lt; 1%)" in page
+    for key in ("curves", "timing", "heatmap"):
+        assert f'id="fig-{key}"' in page
+
+
+def test_curves_figure_matches_plan():
+    plan, losses, timings = small_case()
+    fig = figures(plan, losses, timings)["curves"]
+    loss = next(t for t in fig.data if t.name == "fraction of factors with loss < 1%")
+    perf = next(t for t in fig.data if t.name == "normalized performance p₁/p_b")
+    assert sum(t.mode == "lines+markers" for t in fig.data) == 2
+    assert list(loss.x) == plan.candidates and list(perf.x) == plan.candidates
+    assert list(loss.y) == plan.curves["loss_fraction"] and list(perf.y) == plan.curves["normalized_perf"]
+    assert list(loss.customdata) == plan.curves["inversion_seconds"]
+    assert fig.layout.xaxis.type in (None, "linear") and tuple(fig.layout.yaxis.range) == (0, 1.05)
+    cross = next(t for t in fig.data if t.name == "crossover")
+    assert (cross.x, cross.y, cross.text) == ((20.0,), (0.45,), ("crossover at b≈20",))
+    chosen = next(t for t in fig.data if t.name == "chosen split 16")
+    assert chosen.x == (16, 16) and "chosen split 16" in chosen.text[1]
+
+
+def test_budget_rule_in_title():
+    rule = {"name": "budget", "loss_threshold": 0.01, "overhead": 0.05, "interval": 100, "step_seconds": 0.2}
+    plan, losses, timings = resnet50_case(rule=rule)
+    title = figures(plan, losses, timings)["curves"].layout.title.text
+    assert "budget rule: budget (loss &lt; 1%, overhead 5%, interval 100, step 200.0 ms)" in title
+
+
+def test_heatmap_is_the_loss_matrix_in_model_order():
+    plan, losses, timings = small_case()
+    shuffled = pd.concat([losses.iloc[[1, 0]], losses.iloc[2:]])  # G row before A row of conv1
+    fig = figures(plan, shuffled, timings)["heatmap"]
+    heat = fig.data[0]
+    np.testing.assert_array_equal(np.asarray(heat.z), losses[[str(b) for b in plan.candidates]].to_numpy())
+    assert list(heat.x) == ["1", "16", "32", "64"] and fig.layout.xaxis.type == "category"
+    assert list(heat.y)[:2] == ["conv1 · A", "conv1 · G"] and len(heat.y) == 6
+    assert (heat.zmin, heat.zmax) == (0, 1)
+    marks = next(t for t in fig.data if t.name == "planned split of the factor")
+    # conv1 A (dim 27) split 16; fc G (dim 10) split 10 = whole factor -> first candidate >= 10
+    assert list(zip(marks.x, marks.y))[0] == ("16", "conv1 · A")
+    assert list(zip(marks.x, marks.y))[-1] == ("16", "fc · G") and "whole factor" in marks.text[-1]
+    assert fig.layout.height >= 16 * 6
+
+
+def test_timing_figure_log_axis_and_predicted():
+    plan, losses, timings = small_case()
+    fig = figures(plan, losses, timings)["timing"]
+    assert fig.layout.yaxis.type == "log"
+    measured = next(t for t in fig.data if t.name.startswith("measured"))
+    predicted = next(t for t in fig.data if t.name.startswith("predicted"))
+    assert list(measured.x) == [1, 16, 32] and list(predicted.x) == [64]
+    assert predicted.line.dash == "dash" and predicted.marker.symbol == "circle-open"
+    np.testing.assert_allclose(measured.y, timings["median_s"][:3])
+    np.testing.assert_allclose(measured.error_y.array, (timings["max_s"] - timings["median_s"])[:3])
+    assert "GFLOP/s" in measured.hovertemplate and "repeats" in measured.hovertemplate
+
+
+def test_warning_shown_only_when_set():
+    plan, losses, timings = small_case(warning=WARNING)
+    assert f'<div class="warning"><b>⚠ Warning.</b> {WARNING}</div>' in build_report(plan, losses, timings)
+    plan, losses, timings = small_case(warning=None)
+    assert 'class="warning"' not in build_report(plan, losses, timings)
+
+
+def test_provenance_and_synthetic_note():
+    page = build_report(*small_case(data="synthetic"))
+    assert "synthetic data — not the model's real inputs" in page
+    for text in ("25,557,032", "AMD EPYC 7B13", "torch-cholesky", "float32", "sampled", "0.1.0",
+                 "2025-01-02T03:04:05+00:00", "weight is shared"):
+        assert text in page
+    assert "not the model's real inputs" not in build_report(*small_case(data="imagefolder:/data/val"))
+
+
+def test_text_is_escaped():
+    page = build_report(*small_case(name="blk<b>&\"x"))
+    assert "blk<b>" not in page and "head.<proj>" not in page
+    assert "<code>blk&lt;b&gt;&amp;&quot;x</code>" in page and "head.&lt;proj&gt;" in page
+    fig = figures(*small_case(name="blk<b>"))["heatmap"]
+    assert "blk&lt;b&gt; · A" in fig.data[0].y  # plotly decodes entities but would read <b> as bold
+
+
+def test_write_report(tmp_path):
+    out = write_report(tmp_path / "report.html", *small_case())
+    assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_renders_in_headless_chromium(tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed: headless rendering check skipped")
+    page = write_report(tmp_path / "report.html", *resnet50_case())
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
+           page.resolve().as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    for key in ("curves", "timing", "heatmap"):
+        div = dom[dom.index(f'id="fig-{key}"'):]
+        assert 'class="main-svg"' in div[:20_000], f"figure {key} did not render"
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "report.html")
+    print(write_report(target, *resnet50_case()))
