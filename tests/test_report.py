@@ -48,8 +48,8 @@ def _losses_frame(layers, candidates, rng) -> pd.DataFrame:
     for lp in layers:
         for which in ("a", "g"):
             dim = lp[f"{which}_dim"]
-            scale = rng.uniform(0.02, 0.9)
-            vals = [0.0 if b >= dim else float(np.clip(scale * (1 - b / dim) ** 2 + rng.uniform(0, 0.002), 0, 1))
+            scale, power = 10 ** rng.uniform(-2.6, -0.2), rng.uniform(1, 4)
+            vals = [0.0 if b >= dim else float(np.clip(scale * (1 - b / dim) ** power, 0, 1))
                     for b in candidates]
             rows.append({"layer": lp["name"], "kind": lp["kind"], "factor": which, "dim": dim,
                          **{str(b): v for b, v in zip(candidates, vals)}})
@@ -81,7 +81,7 @@ def small_case(warning=None, name="layer1.0.conv1", data="synthetic"):
     return plan, losses, timings
 
 
-def resnet50_case(rule=None):
+def resnet50_case(rule=None, warning=None, predicted_from=None):
     """Realistic fake measurements for ResNet-50 (54 layers, 108 factors)."""
     layers, c_in = [_layer("conv1", "conv2d", 147, 64, 0, 0)], 64
     for stage, (blocks, width) in enumerate(zip([3, 4, 6, 3], [64, 128, 256, 512]), start=1):
@@ -96,7 +96,7 @@ def resnet50_case(rule=None):
     layers.append(_layer("fc", "linear", 2049, 1000, 0, 0))
     losses = _losses_frame(layers, CANDIDATES, np.random.default_rng(1))
     total = int(losses["dim"].sum())
-    timings = _timings_frame(CANDIDATES, total)
+    timings = _timings_frame(CANDIDATES, total, predicted_from)
     secs = timings["median_s"].tolist()
     frac = [float((losses[str(b)] < 0.01).mean()) for b in CANDIDATES]
     perf = [secs[0] / s for s in secs]
@@ -113,7 +113,7 @@ def resnet50_case(rule=None):
             s = next((min(b, dim) for b in CANDIDATES if b <= split and row[str(b)] < 0.01), min(split, dim))
             lp[f"{w}_split"], lp[f"{w}_loss"] = s, row[str(s)] if str(s) in row else 0.0
     curves = {"loss_fraction": frac, "inversion_seconds": secs, "normalized_perf": perf}
-    plan = make_plan(layers, CANDIDATES, curves, x=x, y=y, split=split, rule=rule,
+    plan = make_plan(layers, CANDIDATES, curves, x=x, y=y, split=split, rule=rule, warning=warning,
                      skipped=[{"name": "aux_head", "reason": "not reached by the forward pass"}])
     return plan, losses, timings
 
@@ -157,8 +157,9 @@ def test_curves_figure_matches_plan():
 def test_budget_rule_in_title():
     rule = {"name": "budget", "loss_threshold": 0.01, "overhead": 0.05, "interval": 100, "step_seconds": 0.2}
     plan, losses, timings = resnet50_case(rule=rule)
-    title = figures(plan, losses, timings)["curves"].layout.title.text
-    assert "budget rule: budget (loss &lt; 1%, overhead 5%, interval 100, step 200.0 ms)" in title
+    title = figures(plan, losses, timings)["curves"].layout.title
+    assert title.text == "Information loss vs. inversion cost · budget rule"
+    assert "budget rule: budget (loss &lt; 1%, overhead 5%, interval 100, step 200 ms)" in title.subtitle.text
 
 
 def test_heatmap_is_the_loss_matrix_in_model_order():
@@ -229,8 +230,11 @@ def test_renders_in_headless_chromium(tmp_path):
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
            page.resolve().as_uri()]
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    dom = done.stdout
+    assert done.returncode == 0 and "</html>" in dom, done.stderr[-2000:]
     for key in ("curves", "timing", "heatmap"):
+        assert f'id="fig-{key}"' in dom
         div = dom[dom.index(f'id="fig-{key}"'):]
         assert 'class="main-svg"' in div[:20_000], f"figure {key} did not render"
 

@@ -17,6 +17,7 @@ from .atomic import atomic_write_text
 from .errors import UserError
 
 SCHEMA_VERSION = 1
+CURVES = ("loss_fraction", "inversion_seconds", "normalized_perf")
 
 
 class PlanError(UserError):
@@ -35,6 +36,12 @@ def _get(d: dict, key: str, path: str) -> Any:
     return d[key]
 
 
+def _get_optional(d: dict, key: str, path: str) -> Any:
+    if not isinstance(d, dict):
+        _fail(path, d, "must be an object")
+    return d.get(key)
+
+
 def _int(d: dict, key: str, path: str, minimum: int = 0) -> int:
     v = _get(d, key, path)
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
@@ -43,7 +50,7 @@ def _int(d: dict, key: str, path: str, minimum: int = 0) -> int:
 
 
 def _num(d: dict, key: str, path: str, lo: float = -math.inf, hi: float = math.inf, optional=False):
-    v = d.get(key) if optional else _get(d, key, path)
+    v = _get_optional(d, key, path) if optional else _get(d, key, path)
     if optional and v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
@@ -52,7 +59,7 @@ def _num(d: dict, key: str, path: str, lo: float = -math.inf, hi: float = math.i
 
 
 def _str(d: dict, key: str, path: str, optional=False) -> str | None:
-    v = d.get(key) if optional else _get(d, key, path)
+    v = _get_optional(d, key, path) if optional else _get(d, key, path)
     if optional and v is None:
         return None
     if not isinstance(v, str):
@@ -245,6 +252,15 @@ class Plan:
             isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in cands
         ) or sorted(set(cands)) != cands:
             _fail("candidates", cands, "must be a non-empty increasing list of integers >= 1")
+        rule = d["rule"]
+        _str(rule, "name", "rule")
+        _num(rule, "loss_threshold", "rule", 0.0, 1.0)
+        for key in CURVES:
+            curve = _get(d["curves"], key, "curves")
+            if not isinstance(curve, list) or len(curve) != len(cands) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in curve
+            ):
+                _fail(f"curves.{key}", curve, f"must be a list of {len(cands)} numbers, one per candidate")
         co = _get(d, "crossover", "")
         crossover = Crossover(
             x=_num(co, "x", "crossover", optional=True), y=_num(co, "y", "crossover", optional=True),
@@ -254,13 +270,18 @@ class Plan:
         if not isinstance(raw_layers, list):
             _fail("layers", raw_layers, "must be a list")
         layers = [LayerPlan.from_dict(lp, f"layers[{i}]") for i, lp in enumerate(raw_layers)]
-        names = [lp.name for lp in layers]
-        dup = next((n for n in names if names.count(n) > 1), None)
-        if dup is not None:
-            _fail("layers", dup, "layer names must be unique")
+        first_index: dict[str, int] = {}
+        for i, lp in enumerate(layers):
+            if lp.name in first_index:
+                _fail(f"layers[{i}].name", lp.name,
+                      f"layer names must be unique (also layers[{first_index[lp.name]}].name)")
+            first_index[lp.name] = i
         skipped = d.get("skipped", [])
         if not isinstance(skipped, list):
             _fail("skipped", skipped, "must be a list")
+        for i, entry in enumerate(skipped):
+            _str(entry, "name", f"skipped[{i}]")
+            _str(entry, "reason", f"skipped[{i}]")
         return cls(
             schema_version=version, tool_version=str(d.get("tool_version", "")),
             created=str(d.get("created", "")), model=d["model"], device=d["device"],
@@ -272,12 +293,16 @@ class Plan:
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
         p = Path(path)
+        if p.is_dir():
+            raise PlanError(f"Plan file '{p}' is a folder: pass the plan.json inside it ('{p / 'plan.json'}')")
         if not p.is_file():
             raise PlanError(f"Plan file '{p}' not found: pass the plan.json written by 'thor-plan profile'")
         try:
-            data = json.loads(p.read_text())
+            data = json.loads(p.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PlanError(f"Plan file '{p}' is not valid JSON ({exc}): re-create it with 'thor-plan plan'") from None
+        except OSError as exc:
+            raise PlanError(f"Cannot read plan file '{p}' ({exc.strerror or exc}): check its permissions") from None
         return cls.from_dict(data)
 
     def check_model(self, model) -> None:

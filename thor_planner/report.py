@@ -39,7 +39,7 @@ def _label(value) -> str:
 def _seconds(s: float | None) -> str:
     if s is None or not np.isfinite(s):
         return "–"
-    return f"{s * 1e6:.0f} µs" if s < 1e-3 else f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
+    return f"{s * 1e6:.3g} µs" if s < 1e-3 else f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
 
 
 def _threshold(plan: Plan) -> float:
@@ -69,6 +69,15 @@ def _style(fig: go.Figure, title: str, subtitle: str, height: int) -> go.Figure:
     return fig
 
 
+def _sparse_ticks(cands: list[int], parts: int = 18) -> list[int]:
+    """Candidates far enough apart to label on a linear axis (the small ones bunch at 0)."""
+    span, ticks = max(cands[-1] - cands[0], 1), []
+    for b in reversed(cands):
+        if not ticks or ticks[-1] - b >= span / parts:
+            ticks.append(b)
+    return sorted(ticks)
+
+
 def curves_figure(plan: Plan) -> go.Figure:
     """THOR's figure 3: loss fraction rising, normalized performance falling, on a linear split axis."""
     cands, curves, co, split = plan.candidates, plan.curves, plan.crossover, plan.split_dim
@@ -83,7 +92,7 @@ def curves_figure(plan: Plan) -> go.Figure:
                         hovertemplate=f"%{{y:{fmt}}} · inversion %{{customdata:.3g}} s<extra>{name}</extra>")
     if co.x is not None and co.y is not None:
         fig.add_scatter(x=[co.x], y=[co.y], name="crossover", mode="markers+text", showlegend=False,
-                        text=[f"crossover at b≈{co.x:.0f}"], textposition="bottom right",
+                        text=[f"crossover at b≈{co.x:.0f}"], textposition="middle right",
                         textfont=dict(size=13, color=INK),
                         marker=dict(size=15, symbol="circle-open", color=INK, line=dict(width=3)),
                         hovertemplate=f"crossover b≈{co.x:.1f}, y={co.y:.3f}<extra></extra>")
@@ -91,18 +100,23 @@ def curves_figure(plan: Plan) -> go.Figure:
                     text=["", f" chosen split {split}"], textposition="middle right", showlegend=False,
                     textfont=dict(size=13, color=SPLIT_COLOR), line=dict(color=SPLIT_COLOR, width=2, dash="dash"),
                     hoverinfo="skip")
-    title = "Information loss vs. inversion cost"
+    title, rule_line = "Information loss vs. inversion cost", ""
     if plan.rule.get("name") == "budget":
-        title += f" — split chosen by budget rule: {_label(_rule_text(plan))}"
-    _style(fig, title, "THOR fig. 3: split b on a linear axis (as in the paper); candidates "
-           f"{cands[0]}…{cands[min(3, len(cands) - 1)]} bunch near 0: hover, or switch to log.", 470)
-    fig.update_layout(hovermode="x unified", updatemenus=[dict(
-        type="buttons", direction="right", x=1, xanchor="right", y=1.13, yanchor="bottom", showactive=True,
-        font=dict(size=11), pad=dict(r=2, t=2, b=2, l=2), buttons=[
-            dict(label="linear b", method="relayout", args=[{"xaxis.type": "linear", "xaxis.autorange": True}]),
-            dict(label="log b", method="relayout", args=[{"xaxis.type": "log", "xaxis.autorange": True}]),
+        title += " · budget rule"
+        rule_line = f"split chosen by the budget rule: {_label(_rule_text(plan))}<br>"
+    _style(fig, title, rule_line + "THOR fig. 3 · split b on a linear axis, as in the paper<br>candidates "
+           f"{cands[0]}…{cands[min(3, len(cands) - 1)]} bunch near 0: hover them, or switch to “log b”", 500)
+    sparse = _sparse_ticks(list(cands))
+    fig.update_layout(hovermode="x unified", margin=dict(t=150 if rule_line else 130), legend=dict(y=1.0, yanchor="bottom"),
+                      updatemenus=[dict(
+        type="buttons", direction="right", x=1, xanchor="right", y=0.1, yanchor="bottom", showactive=True,
+        font=dict(size=11), bgcolor="white", pad=dict(r=0, t=0, b=0, l=0), buttons=[
+            dict(label="linear b", method="relayout",
+                 args=[{"xaxis.type": "linear", "xaxis.tickvals": sparse, "xaxis.autorange": True}]),
+            dict(label="log b", method="relayout",
+                 args=[{"xaxis.type": "log", "xaxis.tickvals": list(cands), "xaxis.autorange": True}]),
         ])])
-    fig.update_xaxes(title_text="split dimension b", tickvals=list(cands), showspikes=True,
+    fig.update_xaxes(title_text="split dimension b", tickvals=sparse, showspikes=True,
                      spikemode="across", spikethickness=1, spikedash="dot", spikecolor="#adb5bd")
     fig.update_yaxes(range=[0, 1.05], title_text="fraction / normalized performance")
     return fig
@@ -135,7 +149,7 @@ def heatmap_figure(plan: Plan, losses: pd.DataFrame) -> go.Figure:
         xgap=1, ygap=1, name="loss", hovertemplate="%{y} (dim %{customdata})<br>b = %{x}: loss "
         "%{z:.2%}<extra></extra>", colorbar=dict(
             title=dict(text="loss", side="top"), thickness=14, len=min(1.0, 420 / max(len(rows) * 16, 1)),
-            y=1, yanchor="top", tickvals=[0, thr, 0.1, 0.25, 0.5, 1], tickformat=".0%")))
+            y=1, yanchor="top", tickvals=[thr, 0.1, 0.25, 0.5, 1], tickformat=".0%")))
     by_name = {lp.name: lp for lp in plan.layers}
     mx, my, text = [], [], []
     for layer, f, dim, label in zip(df["layer"], df["factor"], df["dim"], rows):
@@ -149,12 +163,14 @@ def heatmap_figure(plan: Plan, losses: pd.DataFrame) -> go.Figure:
     fig.add_scatter(x=mx, y=my, mode="markers", name="planned split of the factor", text=text,
                     marker=dict(symbol="diamond", size=9, color=SPLIT_COLOR, line=dict(color="white", width=1)),
                     hovertemplate="%{y}<br>%{text}<extra>planned</extra>")
-    _style(fig, "Information loss per factor", f"1 − λmax(block-diagonal)/λmax(full) · pale = below "
-           f"{thr:.0%} · ◆ = planned split (global {plan.split_dim}, capped at the factor's dimension)",
+    _style(fig, "Information loss per factor", f"loss = 1 − λmax(block-diagonal) / λmax(full) · pale blue: "
+           f"below {thr:.0%}<br>◆ planned split (global {plan.split_dim}, smaller where already lossless, "
+           "capped at the factor's dimension)",
            max(380, 16 * len(rows) + 170))
-    fig.update_layout(margin=dict(t=130, b=30), legend=dict(y=1.0, yanchor="bottom", x=0, xanchor="left"))
-    fig.update_xaxes(type="category", side="top", title_text="split dimension b", title_standoff=6)
-    fig.update_yaxes(type="category", autorange="reversed", tickfont=dict(size=11))
+    fig.update_layout(margin=dict(t=150, b=30), legend=dict(y=1.0, yanchor="bottom", x=0, xanchor="left"))
+    fig.update_xaxes(type="category", side="top", title_text="split dimension b", title_standoff=6,
+                     range=[-0.5, len(cols) - 0.5])
+    fig.update_yaxes(type="category", range=[len(rows) - 0.5, -0.5], tickfont=dict(size=11))
     return fig
 
 
@@ -188,10 +204,14 @@ def timing_figure(plan: Plan, timings: pd.DataFrame) -> go.Figure:
                         marker=dict(size=18, symbol="star", color=SPLIT_COLOR, line=dict(color="white", width=1)))
     dev = plan.device
     sub = " · ".join(_label(v) for v in (dev.get("name") or dev.get("type"), dev.get("backend"), dev.get("dtype")) if v)
-    _style(fig, "Inversion time of the whole network", f"{sub} · blocks batched by size, as the runtime "
-           "inverts them · log–log", 470)
+    _style(fig, "Inversion time of the whole network", f"{sub}<br>all blocks of all factors, batched by "
+           "size as the runtime inverts them · log–log", 500)
+    fig.update_layout(margin=dict(t=135))
     fig.update_xaxes(type="log", tickvals=list(plan.candidates), title_text="split dimension b")
-    fig.update_yaxes(type="log", title_text="seconds per refresh of all inverses", exponentformat="power")
+    lo, hi = t[["min_s", "median_s"]].min().min(), t[["max_s", "median_s"]].max().max()
+    decades = [10.0 ** e for e in range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)] if len(t) else []
+    fig.update_yaxes(type="log", title_text="time to invert all blocks", tickvals=decades,
+                     ticktext=[_seconds(d) for d in decades])
     return fig
 
 
@@ -291,9 +311,9 @@ h2{font-size:17px;margin:0 0 10px}h3{font-size:13px;margin:0 0 8px;text-transfor
 .summary{font-size:15px;color:#495057;margin:0 0 14px}.muted{color:#6c757d}
 .warning{background:#fff4e5;border:1px solid #ffb74d;border-left:6px solid #f57c00;border-radius:8px;padding:12px 16px;margin:0 0 16px;font-size:14.5px}
 .card{background:#fff;border-radius:10px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:14px 16px;min-width:0}
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:16px;margin:0 0 16px}
+.grid{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:16px;margin:0 0 16px}
 .split{display:grid;grid-template-columns:minmax(0,5fr) minmax(0,6fr);gap:16px;margin:0 0 16px;align-items:start}
-@media (max-width:1100px){.split{grid-template-columns:1fr}}
+@media (max-width:1100px){.grid,.split{grid-template-columns:minmax(0,1fr)}}
 .stats{display:grid;grid-template-columns:repeat(auto-fit,minmax(180px,1fr));gap:12px;margin:0 0 16px}
 .stat{background:#fff;border-radius:10px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:10px 14px}
 .stat .k{font-size:12px;color:#6c757d;text-transform:uppercase;letter-spacing:.05em}.stat .v{font-size:24px;font-weight:650}
@@ -337,7 +357,7 @@ inverted.</p><div class="scroll">{plan_table(plan)}</div>
 <h2>Provenance</h2>{provenance(plan)}
 <footer>Generated by thor-plan {_esc(plan.tool_version or "")} · {_esc(plan.created or "")} ·
 self-contained page (plotly.js embedded, works offline).</footer>
-</main></body></html>
+</main><script>document.querySelectorAll(".plotly-graph-div").forEach(function (d) {{ Plotly.Plots.resize(d); }});</script></body></html>
 """
 
 
