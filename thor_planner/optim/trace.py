@@ -96,5 +96,5 @@ class LayerTrace:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LayerTrace":
+    def from_dict(cls, d: dict) -> LayerTrace:
         return cls(**d)

@@ -1,0 +1,397 @@
+"""THOR against references: dense / block-diagonal K-FAC written plainly, torch.optim.SGD, itself resumed."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import thor_planner.optim.thor as thor_module
+from thor_planner import THOR, Plan
+from thor_planner.capture import layer_specs
+from thor_planner.partition import partition
+from thor_planner.plan import Crossover, LayerPlan, PlanError, Schedule
+
+EVERY_STEP = Schedule(damping_init=0.03, damping_decay=1.0, factor_every=1, factor_decay=0.0,
+                      interval_initial=1, interval_max=1, omega1=0.0, omega2=0.0)
+LAYERS = ("conv1", "conv2", "fc")
+
+
+class Net(nn.Module):
+    """conv (no bias) → BN → conv (bias, stride 2) → linear: factors 27/4, 37/6, 55/5."""
+
+    def __init__(self, width: int = 6):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, width, 3, stride=2, padding=1)
+        self.fc = nn.Linear(width * 9, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv1(x)))
+        return self.fc(torch.relu(self.conv2(h)).flatten(1))
+
+
+def make_plan(model: nn.Module, split: int | None = None, omegas: dict | None = None,
+              schedule: Schedule = EVERY_STEP, layers=LAYERS, device: dict | None = None) -> Plan:
+    """A plan for ``layers`` of ``model``: every factor at ``split`` (None: dense), ω per layer."""
+    specs = {s.name: s for s in layer_specs(model)}
+    omegas = omegas or {}
+    planned = []
+    for n in layers:
+        s = specs[n]
+        omega1, omega2 = omegas.get(n, (0.0, 0.0))
+        planned.append(LayerPlan(name=n, kind=s.kind, a_dim=s.a_dim, g_dim=s.g_dim,
+                                 a_split=split or s.a_dim, g_split=split or s.g_dim, a_loss=0.0, g_loss=0.0,
+                                 omega1=omega1, omega2=omega2))
+    return Plan(
+        model={"name": "net"}, device=device or {"type": "cpu", "backend": "torch-cholesky"}, capture={},
+        rule={"name": "hand-picked", "loss_threshold": 0.01}, candidates=[1],
+        curves={"loss_fraction": [1.0], "inversion_seconds": [0.0], "normalized_perf": [1.0]},
+        crossover=Crossover(x=None, y=None, split_dim=split or 1),
+        schedule=schedule, layers=planned,
+    )
+
+
+def batches(n: int, dtype=torch.float32, seed: int = 0, size: int = 8):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, 3, 6, 6, generator=gen, dtype=dtype),
+             torch.randint(0, 5, (size,), generator=gen)) for _ in range(n)]
+
+
+def train(model, opt, data, scheduler=None):
+    for x, y in data:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+
+
+def block_mask(dim: int, split: int | None, dtype) -> torch.Tensor:
+    sizes = partition(dim, split or dim).sizes()
+    return torch.block_diag(*[torch.ones(s, s, dtype=dtype) for s in sizes])
+
+
+def reference_kfac(model, data, *, lr, momentum, wd, damping, split=None, kl_clip=None, layers=LAYERS):
+    """K-FAC with momentum SGD written plainly: A, G from unfold and outer products, dense inverses."""
+    bufs = {}
+    for x, y in data:
+        inputs, outputs, hooks = {}, {}, []
+        for name in layers:
+            def hook(m, i, o, name=name, inputs=inputs, outputs=outputs):
+                inputs[name] = i[0].detach()
+                o.retain_grad()
+                outputs[name] = o
+            hooks.append(getattr(model, name).register_forward_hook(hook))
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        for h in hooks:
+            h.remove()
+        batch, shift = x.shape[0], math.sqrt(damping)
+        direction, vg = {}, 0.0
+        for name in layers:
+            m = getattr(model, name)
+            if isinstance(m, nn.Conv2d):
+                cols = F.unfold(inputs[name], m.kernel_size, padding=m.padding, stride=m.stride)
+                a_rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+                g_rows = outputs[name].grad.permute(0, 2, 3, 1).reshape(-1, m.out_channels)
+            else:
+                a_rows, g_rows = inputs[name], outputs[name].grad
+            grad = m.weight.grad.reshape(m.weight.shape[0], -1)
+            if m.bias is not None:
+                a_rows = torch.cat([a_rows, torch.ones(a_rows.shape[0], 1, dtype=a_rows.dtype)], 1)
+                grad = torch.cat([grad, m.bias.grad[:, None]], 1)
+            a = a_rows.T @ a_rows / a_rows.shape[0]
+            g = (batch * g_rows).T @ (batch * g_rows) / batch
+            a = a * block_mask(a.shape[0], split, a.dtype)
+            g = g * block_mask(g.shape[0], split, g.dtype)
+            g_inv = torch.linalg.inv(g + shift * torch.eye(g.shape[0], dtype=g.dtype))
+            a_inv = torch.linalg.inv(a + shift * torch.eye(a.shape[0], dtype=a.dtype))
+            u = g_inv @ grad @ a_inv
+            vg += float((u * grad).sum()) * lr**2
+            cols = m.weight[0].numel()
+            direction[m.weight] = u[:, :cols].reshape(m.weight.shape)
+            if m.bias is not None:
+                direction[m.bias] = u[:, cols]
+        nu = min(1.0, math.sqrt(kl_clip / vg)) if kl_clip else 1.0
+        with torch.no_grad():
+            for p in model.parameters():
+                d = direction[p] * nu if p in direction else p.grad
+                d = d + wd * p
+                bufs[p] = d.clone() if p not in bufs else bufs[p] * momentum + d
+                p -= lr * bufs[p]
+
+
+def assert_params(a: nn.Module, b: nn.Module, exact: bool = False, rtol: float = 1e-5) -> None:
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        if exact:
+            assert torch.equal(p, q), name
+        else:
+            torch.testing.assert_close(p, q, rtol=rtol, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("split", [None, 4, 16])
+@pytest.mark.parametrize("kl_clip", [None, 1e-4])
+def test_equals_plain_kfac(split, kl_clip) -> None:
+    """Dense (split = dim) and block-diagonal (split 4: 27 → 4·6+3, 6 → 4+2, 5 → 4+1) K-FAC steps."""
+    torch.manual_seed(0)
+    model = Net().double()
+    ref = copy.deepcopy(model)
+    data = batches(3, torch.float64)
+    opt = THOR(model, make_plan(model, split), lr=0.1, momentum=0.9, weight_decay=5e-4, kl_clip=kl_clip)
+    train(model, opt, data)
+    reference_kfac(ref, data, lr=0.1, momentum=0.9, wd=5e-4, damping=0.03, split=split, kl_clip=kl_clip)
+    assert_params(model, ref)
+    assert opt.stats()["layers"]["fc"]["updates"] == 3
+
+
+def test_layers_outside_the_plan_get_sgd_and_planless_modes_match_plans() -> None:
+    torch.manual_seed(1)
+    model = Net().double()
+    ref = copy.deepcopy(model)
+    data = batches(2, torch.float64)
+    opt = THOR(model, make_plan(model, 4, layers=("conv2", "fc")), lr=0.1, momentum=0.9)
+    train(model, opt, data)
+    reference_kfac(ref, data, lr=0.1, momentum=0.9, wd=0.0, damping=0.03, split=4, layers=("conv2", "fc"))
+    assert_params(model, ref)
+    assert list(opt.stats()["layers"]) == ["conv2", "fc"]
+    # plan=None, split=4: every layer at split 4 with the schedule's thresholds == a plan saying so
+    a, b = Net(), Net()
+    b.load_state_dict(a.state_dict())
+    data = batches(3)
+    train(a, THOR(a, split=4, schedule=EVERY_STEP, lr=0.1), data)
+    train(b, THOR(b, make_plan(b, 4), lr=0.1), data)
+    assert_params(a, b, exact=True)
+
+
+@pytest.mark.parametrize(("wd", "nesterov"), [(0.0, False), (5e-4, False), (1e-2, True)])
+def test_without_preconditioning_equals_sgd(wd, nesterov) -> None:
+    torch.manual_seed(2)
+    model = Net()
+    ref = copy.deepcopy(model)
+    data = batches(4)
+    opt = THOR(model, make_plan(model, 4), lr=0.05, momentum=0.9, weight_decay=wd, nesterov=nesterov,
+               precondition=False)
+    sgd = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=wd, nesterov=nesterov)
+    train(model, opt, data)
+    train(ref, sgd, data)
+    assert_params(model, ref, exact=True)
+    assert not model.conv1._forward_hooks  # no hooks without preconditioning
+
+
+def test_trace_rule_per_layer_and_only_updated_layers_inverted(monkeypatch) -> None:
+    """lr = 0 and one batch repeated: factors repeat exactly until the input is scaled by 3."""
+    calls = []
+    real = thor_module.invert_groups
+
+    def spy(groups, damping, backends, **kw):
+        calls.append(sum(n * size for size, n in ((s, st.shape[0]) for s, st in groups.stacks.items())))
+        return real(groups, damping, backends, **kw)
+
+    monkeypatch.setattr(thor_module, "invert_groups", spy)
+    torch.manual_seed(3)
+    model = Net()
+    plan = make_plan(model, omegas={"conv1": (0.01, 0.0), "conv2": (0.01, 0.001), "fc": (0.0, 0.0)})
+    opt = THOR(model, plan, lr=0.0)
+    (x, y), = batches(1)
+    train(model, opt, [(x, y)] * 3 + [(3 * x, y)] * 2)
+    layers = opt.stats()["layers"]
+    assert {n: (s["updates"], s["keeps"], s["stops"], s["frozen"]) for n, s in layers.items()} == {
+        "conv1": (2, 3, 0, False),  # update, keep, keep, update (A ×9), keep
+        "conv2": (1, 0, 1, True),  # update, stop (Δ = 0 < ω2)
+        "fc": (5, 0, 0, False),  # ω = (0, 0): always
+    }
+    dims = {"conv1": 27 + 4, "conv2": 37 + 6, "fc": 55 + 5}
+    assert calls == [sum(dims.values()), dims["fc"], dims["fc"], dims["conv1"] + dims["fc"], dims["fc"]]
+    assert not model.conv2._forward_hooks and model.conv1._forward_hooks  # frozen: no more capture
+    assert opt.stats()["step"] == 5 and opt.stats()["skipped_steps"] == 0
+
+
+def _resume_setup():
+    schedule = Schedule(damping_init=0.05, damping_decay=0.5, damping_decay_steps=4, factor_every=2,
+                        factor_decay=0.8, interval_initial=2, interval_growth=2.0, interval_grow_every=4,
+                        interval_max=8, omega1=0.05, omega2=0.001)
+    model = Net()
+    omegas = {"conv1": (0.05, 0.001), "conv2": (0.05, 0.03), "fc": (0.0, 0.0)}
+    plan = make_plan(model, 4, omegas, schedule)
+
+    def make(m):
+        return THOR(m, plan, lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True, kl_clip=1e-2)
+
+    return model, make
+
+
+@pytest.mark.parametrize("k", [3, 6])
+def test_resume_is_bitwise_identical(k) -> None:
+    torch.manual_seed(4)
+    model, make = _resume_setup()
+    start = copy.deepcopy(model.state_dict())
+    data = batches(12, seed=4)
+    opt = make(model)
+    train(model, opt, data)
+
+    torch.manual_seed(5)
+    first, _ = _resume_setup()
+    first.load_state_dict(start)
+    opt1 = make(first)
+    train(first, opt1, data[:k])
+    buf = io.BytesIO()
+    torch.save({"model": first.state_dict(), "opt": opt1.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf)
+    second, _ = _resume_setup()  # fresh weights, overwritten by the checkpoint
+    second.load_state_dict(ckpt["model"])
+    opt2 = make(second)
+    opt2.load_state_dict(ckpt["opt"])
+    train(second, opt2, data[k:])
+    assert_params(model, second, exact=True)
+    assert opt.stats() == opt2.stats()
+    assert sum(s["updates"] for s in opt.stats()["layers"].values()) > 3
+
+
+def test_nan_step_is_skipped_and_touches_nothing() -> None:
+    torch.manual_seed(6)
+    model = Net()
+    ref = copy.deepcopy(model)
+    data = batches(4, seed=6)
+    opt = THOR(model, make_plan(model, 4), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    train(model, opt, data[:2])
+    before = copy.deepcopy(opt.state_dict())
+    params = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    F.cross_entropy(model(data[2][0]), data[2][1]).backward()
+    model.fc.weight.grad[0, 0] = float("nan")
+    with pytest.warns(RuntimeWarning, match=r"^THOR: step 2 skipped: gradients contain NaN or Inf$"):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
+    after = opt.state_dict()
+    assert all(torch.equal(before["state"][i]["momentum_buffer"], s["momentum_buffer"])
+               for i, s in after["state"].items())
+    for name in LAYERS:
+        assert torch.equal(before["thor"]["layers"][name]["a"], after["thor"]["layers"][name]["a"])
+        assert torch.equal(before["thor"]["layers"][name]["g"], after["thor"]["layers"][name]["g"])
+    assert opt.stats()["skipped_steps"] == 1 and opt.stats()["step"] == 2
+    # the rest of training is the same as if the bad iteration never happened
+    train(model, opt, data[3:])
+    ref_opt = THOR(ref, make_plan(ref, 4), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    train(ref, ref_opt, data[:2] + data[3:])
+    assert_params(model, ref, exact=True)
+
+
+def test_statistics_of_a_stepless_iteration_are_dropped_by_zero_grad() -> None:
+    """What a GradScaler overflow leaves behind: forward + backward, no step, then zero_grad."""
+    torch.manual_seed(7)
+    model = Net()
+    ref = copy.deepcopy(model)
+    data = batches(3, seed=7)
+    opt = THOR(model, make_plan(model, 4), lr=0.1)
+    F.cross_entropy(model(data[0][0] * 100), data[0][1]).backward()
+    train(model, opt, data)
+    train(ref, THOR(ref, make_plan(ref, 4), lr=0.1), data)
+    assert_params(model, ref, exact=True)
+
+
+def test_grad_scaler_equals_unscaled_run() -> None:
+    torch.manual_seed(8)
+    model = Net()
+    ref = copy.deepcopy(model)
+    data = batches(4, seed=8)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    opt = THOR(model, make_plan(model, 4), lr=0.1, weight_decay=1e-3, grad_scaler=scaler)
+    for x, y in data:
+        opt.zero_grad()
+        scaler.scale(F.cross_entropy(model(x), y)).backward()
+        scaler.step(opt)  # unscale_ then THOR.step: preconditioning sees unscaled gradients
+        scaler.update()
+    train(ref, THOR(ref, make_plan(ref, 4), lr=0.1, weight_decay=1e-3), data)
+    assert scaler.get_scale() == 2.0**12
+    assert_params(model, ref, exact=True)
+
+
+def test_lr_scheduler_drives_the_step() -> None:
+    torch.manual_seed(9)
+    a = Net()
+    b = copy.deepcopy(a)
+    data = batches(2, seed=9)
+    opt_a = THOR(a, make_plan(a, 4), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt_a, lambda epoch: [0.5, 0.25, 0.125][epoch])
+    train(a, opt_a, data, sched)
+    opt_b = THOR(b, make_plan(b, 4), lr=0.5)
+    train(b, opt_b, data[:1])
+    opt_b.param_groups[0]["lr"] = 0.25
+    train(b, opt_b, data[1:])
+    assert_params(a, b, exact=True)
+    c = copy.deepcopy(b)  # ... and a different lr gives a different step
+    train(c, THOR(c, make_plan(c, 4), lr=0.5), data[:1])
+    train(b, THOR(b, make_plan(b, 4), lr=0.25), data[:1])
+    assert not torch.equal(c.fc.weight, b.fc.weight)
+
+
+def test_mismatched_plan_is_refused_with_the_list_of_mismatches() -> None:
+    plan = make_plan(Net(), 4)
+    plan.layers.append(LayerPlan(name="head", kind="linear", a_dim=3, g_dim=2, a_split=3, g_split=2,
+                                 a_loss=0.0, g_loss=0.0))
+    with pytest.raises(PlanError) as err:
+        THOR(Net(width=5), plan, lr=0.1)
+    assert str(err.value) == (
+        "Plan does not match the model (3 mismatches): conv2: plan g_dim=6, model g_dim=5; "
+        "fc: plan a_dim=55, model a_dim=46; head: not a Conv2d/Linear layer of the model. "
+        "Profile this model again to make a plan for it"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": -1.0}, "Invalid lr=-1.0: must be >= 0"),
+        ({"lr": 0.1, "momentum": 0.0, "nesterov": True},
+         "Invalid nesterov=True: Nesterov momentum requires momentum > 0"),
+        ({"lr": 0.1, "kl_clip": 0.0}, "Invalid kl_clip=0.0: must be > 0 (or None to disable)"),
+        ({"lr": 0.1, "split": 0},
+         "Invalid split=0: pass an integer >= 1 and no plan (a plan carries its own splits)"),
+    ],
+)
+def test_bad_arguments(kwargs, message) -> None:
+    with pytest.raises(ValueError) as err:
+        THOR(Net(), **kwargs)
+    assert str(err.value) == message
+
+
+def test_plan_file_backends_per_size_and_unknown_backend(tmp_path) -> None:
+    torch.manual_seed(10)
+    model = Net()
+    ref = copy.deepcopy(model)
+    data = batches(2, seed=10)
+    make_plan(model, 4, device={"type": "cpu", "backends": {"4": "torch-inv", "1": "torch-cholesky"}}).save(
+        tmp_path / "plan.json")
+    opt = THOR(model, Plan.load(tmp_path / "plan.json"), lr=0.1)  # JSON keys of "backends" are strings
+    assert opt.backends == {4: "torch-inv", 1: "torch-cholesky"}
+    train(model, opt, data)
+    with pytest.warns(UserWarning, match="Inversion backend 'cupy' from the plan is not available here"):
+        opt_ref = THOR(ref, make_plan(ref, 4, device={"type": "cuda", "backend": "cupy"}), lr=0.1)
+    train(ref, opt_ref, data)
+    assert_params(model, ref, rtol=1e-4)
+
+
+def test_state_dict_has_no_inverses_and_loads_through_the_standard_api() -> None:
+    model = Net()
+    opt = THOR(model, make_plan(model, 4), lr=0.1)
+    train(model, opt, batches(2))
+    sd = opt.state_dict()
+    assert set(sd) == {"state", "param_groups", "thor"}
+    assert set(sd["thor"]["layers"]["fc"]) == {"a_split", "g_split", "trace", "a", "g", "a_blocks",
+                                               "g_blocks", "inv_step", "inv_shift"}
+    other = THOR(Net(), make_plan(model, 8), lr=0.1)
+    with pytest.raises(ValueError, match="THOR state does not match this optimizer's layers and splits"):
+        other.load_state_dict(sd)
+    sgd_state = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9).state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        THOR(Net(), make_plan(model, 4), lr=0.1).load_state_dict(sgd_state)  # plain SGD state loads too
