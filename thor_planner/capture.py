@@ -155,6 +155,10 @@ class FactorCollector:
         else:
             store[name] = value
 
+    def has_gradients(self) -> bool:
+        """Whether any output gradient was accumulated since the last reset."""
+        return bool(self._g_sum)
+
     def factors(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """``(A, G)`` per layer name for the layers seen since the last reset."""
         a = {n: s / self._a_rows[n] for n, s in self._a_sum.items()}

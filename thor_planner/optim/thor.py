@@ -347,7 +347,7 @@ class THOR(torch.optim.Optimizer):
         ``zero_grad`` between forward and backward keeps the forward's statistics).
         """
         super().zero_grad(set_to_none=set_to_none)
-        if self._collector is not None and self._collector.factors()[1]:
+        if self._collector is not None and self._collector.has_gradients():
             self._collector.reset()
 
     # -- state -------------------------------------------------------------------------------------
