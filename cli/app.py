@@ -9,6 +9,7 @@ from enum import Enum
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from thor_planner import __version__
@@ -79,9 +80,9 @@ def _summarise(plan: Plan, out: Path | None = None) -> None:
     console.print(f"[bold]Global split {co.split_dim}[/] ({how}) for {len(plan.layers)} layers"
                   + (f", {len(plan.skipped)} skipped" if plan.skipped else ""))
     if co.warning:
-        console.print(f"[yellow]Warning:[/] {co.warning}", highlight=False)
+        console.print(f"[yellow]Warning:[/] {escape(co.warning)}", highlight=False)
     if out is not None:
-        console.print(f"Wrote {out}")
+        console.print(escape(f"Wrote {out}"))
 
 
 ThresholdOpt = typer.Option(0.01, "--threshold", help="Information-loss threshold (fraction; 0.01 = 1%).")
@@ -130,17 +131,23 @@ def profile(
         )
         dev = resolve_device(cfg.device)
         folder = out or Path("profiles") / f"{model.replace(':', '-').replace('/', '-')}-{dev.type}"
+        created = not folder.exists()
         check_writable(folder)
         bars = BarProgress()
-        measurements, captured = run_profile(cfg, bars)
-        plan = make_plan(measurements, rule_cfg)
-        write_profile(folder, measurements, plan, captured if save_factors else None)
+        try:
+            measurements, captured = run_profile(cfg, bars)
+            plan = make_plan(measurements, rule_cfg)
+            write_profile(folder, measurements, plan, captured if save_factors else None)
+        except BaseException:
+            if created and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()  # leave no empty output folder behind a failed run
+            raise
         total = sum(bars.seconds.values())
         console.print("Measured in " + ", ".join(f"{k} {v:.1f} s" for k, v in bars.seconds.items())
                       + f" (total {total:.1f} s)")
         _summarise(plan)
-        console.print(f"Wrote {folder}/plan.json, report.html, losses.csv, timings.csv"
-                      + (", factors.pt" if save_factors else ""))
+        console.print(escape(f"Wrote {folder}/plan.json, report.html, losses.csv, timings.csv"
+                             + (", factors.pt" if save_factors else "")))
 
 
 @app.command("plan")
@@ -171,10 +178,12 @@ def report(
 
     with user_errors():
         measurements = Measurements.load(folder)
+        if not (folder / "plan.json").is_file():
+            raise UserError(f"Profile folder '{folder}' lacks plan.json: write it with 'thor-plan plan --from {folder}'")
         plan = Plan.load(folder / "plan.json")
         check_writable(folder)
         atomic_write_text(folder / "report.html", build_report(plan, measurements.losses, measurements.timings))
-        console.print(f"Wrote {folder / 'report.html'}")
+        console.print(escape(f"Wrote {folder / 'report.html'}"))
 
 
 @app.command()
@@ -182,20 +191,21 @@ def show(plan_path: Path = typer.Argument(..., metavar="PLAN", help="A plan.json
     """Print a plan's provenance, rule, global split and per-layer splits."""
     with user_errors():
         plan = Plan.load(plan_path)
-    cap = plan.capture
-    console.print(f"[bold]{plan.model.get('name')}[/] ({plan.model.get('num_params', 0):,} parameters) "
-                  f"on {plan.device.get('type')} · {plan.device.get('name')}")
-    console.print(f"data: {cap.get('data')}, {cap.get('batches')}×{cap.get('batch_size')} samples, "
-                  f"Fisher {cap.get('fisher')} · rule {plan.rule.get('name')}, "
-                  f"loss threshold {plan.rule.get('loss_threshold'):g}")
+    cap, params = plan.capture, plan.model.get("num_params")
+    params = f"{params:,}" if isinstance(params, int) else "?"
+    console.print(f"[bold]{escape(str(plan.model.get('name')))}[/] ({params} parameters) "
+                  f"on {escape(str(plan.device.get('type')))} · {escape(str(plan.device.get('name')))}")
+    console.print(escape(f"data: {cap.get('data')}, {cap.get('batches')}×{cap.get('batch_size')} samples, "
+                         f"Fisher {cap.get('fisher')} · rule {plan.rule.get('name')}, "
+                         f"loss threshold {plan.rule.get('loss_threshold'):g}"))
     _summarise(plan)
     table = Table("layer", "kind", "A dim", "A split", "A loss", "G dim", "G split", "G loss")
     for lp in plan.layers:
-        table.add_row(lp.name, lp.kind, str(lp.a_dim), str(lp.a_split), f"{lp.a_loss:.3f}",
+        table.add_row(escape(lp.name), lp.kind, str(lp.a_dim), str(lp.a_split), f"{lp.a_loss:.3f}",
                       str(lp.g_dim), str(lp.g_split), f"{lp.g_loss:.3f}")
     console.print(table)
     for s in plan.skipped:
-        console.print(f"skipped {s['name']}: {s['reason']}")
+        console.print(escape(f"skipped {s['name']}: {s['reason']}"))
 
 
 def main() -> None:

@@ -23,6 +23,13 @@ TIMINGS_CSV = "timings.csv"
 META_PREFIX = "# thor-plan "
 LOSS_COLUMNS = ["layer", "kind", "factor", "dim"]
 TIMING_COLUMNS = ["candidate", "median_s", "min_s", "max_s", "repeats", "blocks", "gflop", "predicted"]
+META_OBJECTS = ("model", "device", "capture")  # provenance objects the timings.csv header must hold
+
+
+def _whole(column: pd.Series, minimum: int) -> bool:
+    """Every value of ``column`` is an integer >= ``minimum``."""
+    values = pd.to_numeric(column, errors="coerce")
+    return bool(values.notna().all() and (values >= minimum).all() and (values == values.round()).all())
 
 
 @dataclass
@@ -71,14 +78,31 @@ class Measurements:
             losses = pd.read_csv(paths[LOSSES_CSV])
         except (ValueError, pd.errors.ParserError) as exc:
             raise UserError(f"Cannot read the measurements in '{folder}': {str(exc).splitlines()[0]}") from None
+        lacking = [k for k in META_OBJECTS if not isinstance(meta, dict) or not isinstance(meta.get(k), dict)]
+        step = meta.get("step_seconds") if isinstance(meta, dict) else None
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0:
+            lacking.append("step_seconds")
+        if lacking:
+            raise UserError(f"'{paths[TIMINGS_CSV]}' header lacks {', '.join(lacking)}: "
+                            "re-create it with 'thor-plan profile'")
         for name, frame, cols in ((TIMINGS_CSV, timings, TIMING_COLUMNS), (LOSSES_CSV, losses, LOSS_COLUMNS)):
             lacking = [c for c in cols if c not in frame.columns]
             if lacking:
                 raise UserError(f"'{folder / name}' lacks columns {', '.join(lacking)}: re-create it with 'thor-plan profile'")
+        column = timings["candidate"]
+        seconds = pd.to_numeric(timings["median_s"], errors="coerce")
+        if not (_whole(column, 1) and column.is_monotonic_increasing and column.is_unique and (seconds > 0).all()):
+            raise UserError(f"'{paths[TIMINGS_CSV]}' needs increasing integer candidates >= 1 and positive "
+                            "median_s: re-create it with 'thor-plan profile'")
         cands = [str(int(c)) for c in timings["candidate"]]
         lacking = [c for c in cands if c not in losses.columns]
         if lacking or len(timings) == 0 or len(losses) == 0:
             raise UserError(f"'{folder}' has losses and timings for different candidates: re-run 'thor-plan profile'")
+        per_layer = losses.groupby("layer", sort=False)["factor"].apply(sorted)
+        if not _whole(losses["dim"], 1) or not losses["kind"].isin(["conv2d", "linear"]).all() \
+                or not all(f == ["a", "g"] for f in per_layer):
+            raise UserError(f"'{paths[LOSSES_CSV]}' needs one 'a' and one 'g' row per layer, kind conv2d or "
+                            "linear and integer dims >= 1: re-create it with 'thor-plan profile'")
         numeric = losses[cands].apply(pd.to_numeric, errors="coerce")
         if numeric.isna().any().any() or ((numeric < 0) | (numeric > 1)).any().any():
             raise UserError(f"'{folder / LOSSES_CSV}' holds losses outside [0, 1]: re-run 'thor-plan profile'")
