@@ -21,6 +21,7 @@ from thor_planner.plan import Plan
 from thor_planner.planner import Rule, RuleConfig, make_plan
 
 from .console import BarProgress, console, fail, user_errors
+from .device_cmd import device_profile_cmd
 
 app = typer.Typer(
     name="thor-plan",
@@ -106,7 +107,8 @@ def profile(
     device: DeviceChoice = typer.Option(DeviceChoice.auto, "--device", help="Where to capture and time."),
     candidates: str = typer.Option(None, "--candidates", help="Comma-separated splits to evaluate (default: 1 and powers of two from 16)."),
     max_split: int = typer.Option(2048, "--max-split", help="Largest default candidate."),
-    backend: str = typer.Option(DEFAULT_BACKEND, "--backend", help=f"Inversion backend: {', '.join(sorted(BACKENDS))}."),
+    backend: str = typer.Option(None, "--backend", help=f"Inversion backend: auto (fastest accurate per block size; the default on CUDA) or one of {', '.join(sorted(BACKENDS))} (default on CPU: {DEFAULT_BACKEND})."),
+    device_profile: Path = typer.Option(None, "--device-profile", help="Plan offline: predict inversion times from this file (written by 'thor-plan device-profile' on the target device) instead of timing here."),
     time_budget: float = typer.Option(1.0, "--time-budget", help="Seconds of repeats per candidate after warm-up."),
     rule: Rule = RuleOpt,
     threshold: float = ThresholdOpt,
@@ -116,21 +118,28 @@ def profile(
     save_factors: bool = typer.Option(False, "--save-factors", help="Also write the captured factors (factors.pt; hundreds of MB for ResNet-50)."),
 ) -> None:
     """Measure a model on this machine and write plan.json, report.html, losses.csv, timings.csv."""
+    from thor_planner.device_profile import device_slug, load_device_profile
     from thor_planner.profiler import ProfileConfig, resolve_device, run_profile
     from thor_planner.timing import TimingConfig
 
     with user_errors():
         rule_cfg = _rule_config(rule, threshold, overhead, interval)
+        target = load_device_profile(device_profile) if device_profile is not None else None
+        if target is not None and rule is Rule.budget:
+            raise UserError("--rule budget needs a training step timed on the target device, which --device-profile "
+                            "does not have: use --rule crossover, or profile on the device itself")
         if not time_budget > 0:
             raise UserError(f"Invalid --time-budget={time_budget:g}: must be > 0 seconds")
         cfg = ProfileConfig(
             model=model, weights=str(weights) if weights else None, num_classes=num_classes, data=data,
             batches=batches, batch_size=batch_size, input_size=input_size, seed=seed, fisher=fisher.value,
             skip=skip, device=device.value, candidates=_parse_candidates(candidates), max_split=max_split,
-            backend=backend, timing=TimingConfig(budget_s=time_budget),
+            backend=backend, device_profile=str(device_profile) if device_profile else None,
+            timing=TimingConfig(budget_s=time_budget),
         )
         dev = resolve_device(cfg.device)
-        folder = out or Path("profiles") / f"{model.replace(':', '-').replace('/', '-')}-{dev.type}"
+        where = device_slug(target.device) if target is not None else dev.type
+        folder = out or Path("profiles") / f"{model.replace(':', '-').replace('/', '-')}-{where}"
         created = not folder.exists()
         check_writable(folder)
         bars = BarProgress()
@@ -206,6 +215,13 @@ def show(plan_path: Path = typer.Argument(..., metavar="PLAN", help="A plan.json
     console.print(table)
     for s in plan.skipped:
         console.print(escape(f"skipped {s['name']}: {s['reason']}"))
+
+
+app.command("device-profile")(device_profile_cmd)
+
+from .train import train_cmd  # noqa: E402  (the train command lives in its own module)
+
+app.command("train")(train_cmd)
 
 
 def main() -> None:

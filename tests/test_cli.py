@@ -199,7 +199,7 @@ BAD_PROFILES = [
     (["--candidates", "0,16"], "Invalid --candidates=0,16: give increasing integers >= 1, e.g. 1,16,64,256"),
     (["--skip", "("],
      "Invalid --skip='(': not a regular expression (missing ), unterminated subpattern at position 0)"),
-    (["--backend", "magic"], f"Invalid --backend='magic': use one of {', '.join(sorted(BACKENDS))}"),
+    (["--backend", "magic"], f"Invalid --backend='magic': use auto or one of {', '.join(sorted(BACKENDS))}"),
     (["--device", "cuda"], CUDA_MESSAGE),
 ]
 

@@ -131,7 +131,7 @@ class FactorCollector:
                 return
             with torch.no_grad():
                 rows = input_rows(module, inputs[0].detach()).to(self.dtype)
-                self._add(self._a_sum, name, rows.T @ rows)
+                self._add(self._a_sum, name, self._gram(name, "a", rows))
                 self._a_rows[name] = self._a_rows.get(name, 0) + rows.shape[0]
             if isinstance(output, torch.Tensor) and output.requires_grad:
                 batch = output.shape[0]
@@ -143,10 +143,15 @@ class FactorCollector:
         def hook(grad: torch.Tensor) -> None:
             with torch.no_grad():
                 rows = output_grad_rows(module, grad.detach()).to(self.dtype)
-                self._add(self._g_sum, name, (rows.T @ rows) * (batch * batch))
+                self._add(self._g_sum, name, self._gram(name, "g", rows) * (batch * batch))
                 self._g_batches[name] = self._g_batches.get(name, 0) + batch
 
         return hook
+
+    def _gram(self, name: str, which: str, rows: torch.Tensor) -> torch.Tensor:
+        """``rowsᵀ rows`` for factor ``which`` ("a" or "g") of layer ``name`` (THOR's runtime keeps
+        only the diagonal blocks: :class:`thor_planner.optim.blocks.BlockFactorCollector`)."""
+        return rows.T @ rows
 
     @staticmethod
     def _add(store: dict, name: str, value: torch.Tensor) -> None:

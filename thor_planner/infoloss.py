@@ -12,6 +12,7 @@ checked; a matrix that has not converged is redone with float64 ``eigvalsh``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import pandas as pd
@@ -61,8 +62,12 @@ def lambda_max(stack: torch.Tensor) -> torch.Tensor:
         return stack[:, 0, 0].double()
     work = stack.float()
     if s <= DIRECT_MAX:
-        lam = torch.linalg.eigvalsh(work)[:, -1].double()
-        bad = ~torch.isfinite(lam)
+        try:
+            lam = torch.linalg.eigvalsh(work)[:, -1].double()
+            bad = ~torch.isfinite(lam)
+        except torch.linalg.LinAlgError:  # float32 eigh can fail to converge (many repeated eigenvalues)
+            lam = torch.full((stack.shape[0],), math.nan, dtype=torch.float64)
+            bad = torch.ones_like(lam, dtype=torch.bool)
     else:
         lam, residual = _lanczos_lambda_max(work, LANCZOS_STEPS)
         bad = ~torch.isfinite(lam) | (residual > LANCZOS_RTOL)

@@ -24,10 +24,17 @@ def _finite(x: torch.Tensor) -> torch.Tensor:
 
 
 def cholesky_inverse(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cholesky_ex`` then ``cholesky_inverse``: the default on CPU and CUDA."""
+    """``cholesky_ex`` then ``cholesky_inverse``: the default on CPU and CUDA.
+
+    A failed block's partial factor can have a zero on its diagonal, on which ``cholesky_inverse``
+    raises (CPU); such factors are replaced by the identity first (no host synchronisation) and
+    the block is reported as failed.
+    """
     chol, info = torch.linalg.cholesky_ex(stack)
-    inv = torch.cholesky_inverse(chol)
-    return inv, (info == 0) & _finite(inv)
+    ok = info == 0
+    eye = torch.eye(stack.shape[-1], dtype=stack.dtype, device=stack.device)
+    inv = torch.cholesky_inverse(torch.where(ok[:, None, None], chol, eye))
+    return inv, ok & _finite(inv)
 
 
 def cholesky_solve_inverse(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,16 +111,26 @@ def invert_stack(
 
     With ``check`` (the runtime's setting) blocks that fail are recomputed with the Cholesky
     backend in float64, multiplying the damping by 10 up to ``retries`` times, and a block that
-    still fails (NaN/Inf input) gets ``I / damping`` (plain gradient scaling) rather than NaN. Without ``check`` the
-    result is returned as computed, with no host synchronisation (the timing's setting).
+    still fails (NaN/Inf input) gets ``I / damping`` (plain gradient scaling) rather than NaN; this
+    costs one host synchronisation. Without ``check`` the result is returned as computed, with no
+    host synchronisation.
     """
-    if stack.shape[-1] == 1:  # 1×1 blocks: a reciprocal, whatever the backend
-        inv = 1.0 / (stack + damping)
-        ok = _finite(inv) & (stack.flatten(1)[:, 0] + damping > 0)
-    else:
-        inv, ok = get_backend(backend)(damp(stack, damping))
+    inv, ok = _invert_unchecked(stack, damping, backend)
     if not check or bool(ok.all()):
         return inv
+    return _repair(stack, inv, ok, damping, retries)
+
+
+def _invert_unchecked(stack: torch.Tensor, damping: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backend's inverses and per-block success mask, both left on the device."""
+    if stack.shape[-1] == 1:  # 1×1 blocks: a reciprocal, whatever the backend
+        inv = 1.0 / (stack + damping)
+        return inv, _finite(inv) & (stack.flatten(1)[:, 0] + damping > 0)
+    return get_backend(backend)(damp(stack, damping))
+
+
+def _repair(stack: torch.Tensor, inv: torch.Tensor, ok: torch.Tensor, damping: float, retries: int = 3) -> torch.Tensor:
+    """Recompute the blocks where ``ok`` is false (float64 Cholesky, growing damping; else I/damping)."""
     bad = (~ok).nonzero().flatten()
     sub = stack[bad].double()
     fixed = torch.empty_like(sub)
@@ -145,7 +162,10 @@ def invert_groups(
     """Invert every block of the network: one batched call per block size.
 
     ``backends`` is one backend name or a mapping from block size to backend name (the plan's
-    per-size choice); sizes missing from the mapping use the default backend.
+    per-size choice, ``plan.device["backends"]`` with integer keys); sizes missing from the mapping
+    use the default backend. With ``check`` all sizes are launched first and their success masks
+    read back with a single host synchronisation for the whole refresh; only when some block
+    failed are the failed blocks repaired as in :func:`invert_stack`.
     """
 
     def backend_for(size: int) -> str:
@@ -153,13 +173,18 @@ def invert_groups(
             return backends
         return backends.get(size, DEFAULT_BACKEND)
 
-    stacks = {
-        size: invert_stack(stack, damping, backend_for(size), check=check)
-        for size, stack in groups.stacks.items()
-    }
+    raw = {size: _invert_unchecked(stack, damping, backend_for(size)) for size, stack in groups.stacks.items()}
+    stacks = {size: inv for size, (inv, _) in raw.items()}
+    if check and raw and not bool(torch.stack([ok.all() for _, ok in raw.values()]).all()):
+        stacks = {size: inv if bool(ok.all()) else _repair(groups.stacks[size], inv, ok, damping)
+                  for size, (inv, ok) in raw.items()}
     return BlockGroups(stacks, groups.index)
 
 
 def inversion_flops(counts: Mapping[int, int]) -> float:
     """Σ count·s³ over block sizes: the work of a Cholesky-based inverse (≈ s³ each)."""
     return float(sum(count * math.pow(size, 3) for size, count in counts.items()))
+
+
+# Registers the TF32/bf16 Newton–Schulz variants and (with cupy and CUDA) the cupy backend.
+from . import extra_backends as _extra_backends  # noqa: E402,F401  (imported last: it imports this module)

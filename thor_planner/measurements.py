@@ -80,8 +80,10 @@ class Measurements:
             raise UserError(f"Cannot read the measurements in '{folder}': {str(exc).splitlines()[0]}") from None
         lacking = [k for k in META_OBJECTS if not isinstance(meta, dict) or not isinstance(meta.get(k), dict)]
         step = meta.get("step_seconds") if isinstance(meta, dict) else None
-        if isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0:
-            lacking.append("step_seconds")
+        offline = step is None and isinstance(meta, dict) and isinstance(meta.get("device"), dict) \
+            and "predicted_from" in meta["device"]
+        if not offline and (isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0):
+            lacking.append("step_seconds")  # only a plan predicted from a device profile has none
         if lacking:
             raise UserError(f"'{paths[TIMINGS_CSV]}' header lacks {', '.join(lacking)}: "
                             "re-create it with 'thor-plan profile'")

@@ -3,6 +3,13 @@
 Dataclasses mirror the JSON; :meth:`Plan.load` validates every field and names the offending one
 (``Invalid plan field layers[3].a_split=0: must be an integer >= 1``); :meth:`Plan.save` writes
 atomically. :meth:`Plan.check_model` refuses a plan whose layers do not match a model.
+
+``device["backends"]`` maps each block size (string keys in JSON, e.g. ``{"2048": "torch-cholesky"}``)
+to the inversion backend the planner timed there (accuracy-checked; ``--backend auto`` picks the
+fastest per size); the runtime passes ``{int(k): v}`` to :func:`inversion.invert_groups`.
+``device["excluded"]`` lists ``{"backend", "size", "error", "reason"}`` for backends that failed the
+accuracy check; ``device["predicted_from"]`` is present when the timings were predicted from a device
+profile rather than measured.
 """
 
 from __future__ import annotations
@@ -116,13 +123,20 @@ class Schedule:
     Inverse check points come every ``interval`` steps; the interval starts at
     ``interval_initial`` and is multiplied by ``interval_growth`` every ``interval_grow_every``
     steps, up to ``interval_max``.
+
+    Factors default to every 10th step with decay 0.6 per capture (≈ 0.95 per step, the same
+    averaging horizon as capturing every step with 0.95): capturing A (im2col + Gram per conv) is
+    THOR's largest per-step cost, MindSpore's THOR computes the factors only on its update steps and
+    kfac-pytorch's ImageNet recipe updates them every 10 steps; the default check points (10, 20,
+    40, …, 1000 apart) all fall on capture steps. bench/step_overhead.py and bench/convergence.py
+    measure the effect.
     """
 
     damping_init: float = 0.03
     damping_decay: float = 0.5
     damping_decay_steps: int = 10_000
-    factor_every: int = 1
-    factor_decay: float = 0.95
+    factor_every: int = 10
+    factor_decay: float = 0.6
     interval_initial: int = 10
     interval_growth: float = 2.0
     interval_grow_every: int = 1_000

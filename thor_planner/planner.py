@@ -8,6 +8,7 @@ from enum import Enum
 
 from . import __version__
 from .crossover import budget, crossover, factor_split, loss_fraction, normalized_perf
+from .errors import UserError
 from .measurements import Measurements
 from .plan import Crossover, LayerPlan, Plan, Schedule
 
@@ -45,6 +46,9 @@ def make_plan(m: Measurements, rule: RuleConfig = RuleConfig(), schedule: Schedu
     if rule.name is Rule.crossover:
         choice = crossover(cands, frac, perf)
     else:
+        if m.meta.get("step_seconds") is None:
+            raise UserError("The budget rule needs a training step timed on the target device; timings "
+                            "predicted from a device profile have none: use --rule crossover")
         step = float(m.meta["step_seconds"])
         choice = budget(cands, seconds, step_seconds=step, overhead=rule.overhead, interval=rule.interval)
         rule_info.update(overhead=rule.overhead, interval=rule.interval, step_seconds=step)

@@ -16,10 +16,13 @@ from .capture import CapturedFactors, capture_factors
 from .data import load_batches
 from .errors import UserError
 from .infoloss import loss_table
-from .inversion import BACKENDS, DEFAULT_BACKEND
+from .backend_select import default_backend, network_counts, select_for_model
+from .inversion import BACKENDS
 from .measurements import Measurements
 from .models import LoadedModel, load_model
 from .progress import Progress
+from .device_profile import load_device_profile
+from .prediction import predict_candidates, predicted_device_fields
 from .timing import TimingConfig, time_candidates, time_training_step
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -41,7 +44,8 @@ class ProfileConfig:
     device: str = "auto"
     candidates: tuple[int, ...] | None = None
     max_split: int = 2048
-    backend: str = DEFAULT_BACKEND
+    backend: str | None = None  # None: auto on CUDA, torch-cholesky on CPU; "auto": fastest accurate per size
+    device_profile: str | None = None  # predict timings from this device profile instead of timing here
     timing: TimingConfig = TimingConfig()
 
     def __post_init__(self) -> None:
@@ -62,8 +66,8 @@ class ProfileConfig:
         ):
             raise UserError(f"Invalid --candidates={','.join(map(str, self.candidates))}: "
                             "give increasing integers >= 1, e.g. 1,16,64,256")
-        if self.backend not in BACKENDS:
-            raise UserError(f"Invalid --backend={self.backend!r}: use one of {', '.join(sorted(BACKENDS))}")
+        if self.backend is not None and self.backend != "auto" and self.backend not in BACKENDS:
+            raise UserError(f"Invalid --backend={self.backend!r}: use auto or one of {', '.join(sorted(BACKENDS))}")
         if self.skip is not None:
             try:
                 re.compile(self.skip)
@@ -128,8 +132,14 @@ def input_shape_for(loaded: LoadedModel, input_size: int | None) -> tuple[int, .
 
 
 def run_profile(cfg: ProfileConfig, progress: Progress = Progress()) -> tuple[Measurements, CapturedFactors]:
-    """Measure everything the planner needs; nothing is written here."""
+    """Measure everything the planner needs; nothing is written here.
+
+    With ``cfg.device_profile`` the inversion timings are predicted from that profile (rows marked
+    ``predicted``) and no training step is timed (``step_seconds`` is ``None``: the budget rule
+    needs a step measured on the target device).
+    """
     device = resolve_device(cfg.device)
+    profile = load_device_profile(cfg.device_profile) if cfg.device_profile else None
     loaded = load_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights)
     shape = input_shape_for(loaded, cfg.input_size)
     if shape is None and cfg.data == "synthetic":
@@ -148,24 +158,36 @@ def run_profile(cfg: ProfileConfig, progress: Progress = Progress()) -> tuple[Me
     candidates = list(cfg.candidates) if cfg.candidates else default_candidates(max_dim, cfg.max_split)
     with progress.stage("information loss", len(named)) as advance:
         losses = loss_table(named, candidates, progress=advance)
-    with progress.stage("inversion timing", len(candidates)) as advance:
-        timings = time_candidates([f for *_, f in named], candidates, backends=cfg.backend,
-                                  config=cfg.timing, progress=advance)
-    with progress.stage("training step", 1) as advance:
-        step_times = time_training_step(model, source.batches[0], device=device)
-        advance()
+    factors = [f for *_, f in named]
+    dims = [f.shape[0] for f in factors]
+    if profile is not None:
+        backend = cfg.backend or default_backend(str(profile.device["type"]))
+        rows, chosen = predict_candidates(profile, dims, candidates, backend)
+        device_section = {**predicted_device_fields(profile, backend, chosen), "capture_device": device.type}
+        step_times: list[float] = []
+    else:
+        backend = cfg.backend or default_backend(device.type)
+        with progress.stage("backend check", len(network_counts(dims, candidates))) as advance:
+            selection = select_for_model(dims, candidates, backend, device, advance)
+        with progress.stage("inversion timing", len(candidates)) as advance:
+            rows = time_candidates(factors, candidates, backends=selection.backends, config=cfg.timing,
+                                   progress=advance)
+        with progress.stage("training step", 1) as advance:
+            step_times = time_training_step(model, source.batches[0], device=device)
+            advance()
+        device_section = {**device_info(device, backend), **selection.device_fields()}
     meta = {
         "tool_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {"name": loaded.name, "source": loaded.source, "num_params": loaded.num_params},
-        "device": device_info(device, cfg.backend),
+        "device": device_section,
         "capture": {"data": source.kind, "data_description": source.description,
                     "batches": cfg.batches, "batch_size": cfg.batch_size,
                     "input_shape": list(shape) if shape else None, "fisher": cfg.fisher,
                     "seed": cfg.seed, "skip": cfg.skip},
-        "step_seconds": sorted(step_times)[len(step_times) // 2],
+        "step_seconds": sorted(step_times)[len(step_times) // 2] if step_times else None,
         "step_repeats": len(step_times),
         "skipped": captured.skipped,
     }
-    frame = pd.DataFrame([t.row() for t in timings])
+    frame = pd.DataFrame([t.row() for t in rows])
     return Measurements(losses=losses, timings=frame, meta=meta), captured

@@ -6,8 +6,15 @@ partitioned at the candidate (capped at its dimension), blocks are grouped by si
 call per size. One warm-up run, then repeats until the per-candidate time budget is spent
 (at least ``min_repeats``, at most ``max_repeats``); the median and the spread are recorded.
 A candidate whose warm-up run alone takes longer than the whole budget is recorded from that one
-run (its ``repeats`` is 1), which keeps the largest splits bounded. On CUDA the device is
-synchronised around each run.
+run (its ``repeats`` is 1), which keeps the largest splits bounded.
+
+On CUDA each run is timed with CUDA events recorded on the current stream around it, after a
+device synchronisation (so earlier queued work is not counted); on CPU with ``perf_counter``.
+The refresh is timed with ``check=True``, exactly as the runtime calls it: all sizes are launched,
+then one host synchronisation reads every success mask (the NaN safety the runtime keeps); that
+single sync is part of what training pays, so it is part of the measurement. CUDA-graph capture of
+the refresh is a non-goal for now: the checked refresh syncs and branches on the masks, which a
+graph cannot capture, and it was not measured on a GPU.
 """
 
 from __future__ import annotations
@@ -52,12 +59,13 @@ class CandidateTiming:
     repeats: int
     blocks: dict[int, int]
     gflop: float
+    predicted: bool = False  # True: from a device profile's cost model, not measured here
 
     def row(self) -> dict:
         blocks = " ".join(f"{s}x{c}" for s, c in sorted(self.blocks.items(), reverse=True))
         return {"candidate": self.candidate, "median_s": self.median_s, "min_s": self.min_s,
                 "max_s": self.max_s, "repeats": self.repeats, "blocks": blocks,
-                "gflop": self.gflop, "predicted": False}
+                "gflop": self.gflop, "predicted": self.predicted}
 
 
 def _sync(device: torch.device) -> None:
@@ -66,11 +74,23 @@ def _sync(device: torch.device) -> None:
 
 
 def _timed(fn: Callable[[], object], device: torch.device) -> float:
-    _sync(device)
+    if device.type == "cuda":
+        return _timed_cuda_events(fn, device)
     start = time.perf_counter()
     fn()
-    _sync(device)
     return time.perf_counter() - start
+
+
+def _timed_cuda_events(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds between CUDA events recorded on the current stream before and after ``fn``."""
+    _sync(device)
+    stream = torch.cuda.current_stream(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record(stream)
+    fn()
+    end.record(stream)
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
 
 
 def measure(fn: Callable[[], object], device: torch.device, config: TimingConfig) -> list[float]:

@@ -8,6 +8,8 @@ One call of :meth:`THOR.step` (step ``t`` counts the steps taken, from 0):
 2. Factor step (``t % factor_every == 0``; the collector was active during this iteration's forward
    and backward): fold the captured A and G into running averages ``F ← d·F + (1−d)·F_new``
    (``d = factor_decay``; the first capture initialises F). A capture with NaN/Inf is dropped.
+   Only the diagonal blocks at the layer's splits are ever computed and kept (packed, see
+   :mod:`.blocks`): capture costs ``R·d·s`` instead of ``R·d²`` and the state ``d·s`` numbers.
 3. Check point (every ``schedule.interval(t)`` steps, the first at t = 0): the trace rule
    (:mod:`.trace`) decides per layer; the layers to update are inverted together, one
    :func:`~thor_planner.inversion.invert_groups` call per block size, on the plan's per-factor
@@ -25,11 +27,11 @@ preconditioned gradients), kfac-pytorch (the preconditioner rewrites ``.grad``, 
 so preconditioning ``wd·w`` with them would amplify the decay by up to ``1/damping`` in flat
 directions.
 
-Checkpoints hold the running factors, the trace-rule state and, per layer, the diagonal blocks of
-the factors its current inverses were computed from (plus the step and damping of that
-inversion), never the inverses. Loading re-inverts those blocks, grouped by the check point that
-inverted them, so a resumed run is bitwise identical to an uninterrupted one wherever a block's
-inverse does not depend on the other blocks of its batch (true on CPU).
+Checkpoints hold the running factors (packed diagonal blocks), the trace-rule state and, per
+layer, the diagonal blocks of the factors its current inverses were computed from (plus the step
+and damping of that inversion), never the inverses. Loading re-inverts those blocks, grouped by
+the check point that inverted them, so a resumed run is bitwise identical to an uninterrupted one
+wherever a block's inverse does not depend on the other blocks of its batch (true on CPU).
 """
 
 from __future__ import annotations
@@ -42,18 +44,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..capture import FactorCollector, find_layers, layer_specs
+from ..capture import find_layers, layer_specs
 from ..inversion import BACKENDS, DEFAULT_BACKEND, invert_groups
-from ..partition import (
-    BlockGroups,
-    Partition,
-    assemble_blocks,
-    group_by_size,
-    matmul_left,
-    matmul_right,
-    partition,
-)
+from ..partition import BlockGroups, Partition, partition
 from ..plan import Plan, Schedule
+from .blocks import BlockFactorCollector, for_apply, group_packed, left, pack, packed_trace, right
 from .trace import STOP, UPDATE, LayerTrace
 
 Blocks = list[torch.Tensor]
@@ -70,7 +65,7 @@ class _Layer:
     g_part: Partition
     omega1: float
     omega2: float
-    a: torch.Tensor | None = None  # running averages of the factors
+    a: torch.Tensor | None = None  # running averages of the factors' diagonal blocks, packed
     g: torch.Tensor | None = None
     a_blocks: Blocks | None = None  # undamped blocks the current inverses were computed from
     g_blocks: Blocks | None = None
@@ -161,7 +156,7 @@ class THOR(torch.optim.Optimizer):
         self._next_check = 0
         self._skipped = 0
         self._replay = False
-        self._collector: FactorCollector | None = None
+        self._collector: BlockFactorCollector | None = None
         self._rebuild_collector()
 
     # -- factors -----------------------------------------------------------------------------------
@@ -174,8 +169,9 @@ class THOR(torch.optim.Optimizer):
         if self._collector is not None:
             self._collector.remove()
         live = self._live()
-        self._collector = FactorCollector(self._model, [self._specs[l.name] for l in live],
-                                          dtype=self._dtype) if live else None
+        self._collector = BlockFactorCollector(
+            self._model, [self._specs[l.name] for l in live], {l.name: (l.a_part, l.g_part) for l in live},
+            dtype=self._dtype) if live else None
         self._activate()
 
     def _activate(self) -> None:
@@ -213,7 +209,7 @@ class THOR(torch.optim.Optimizer):
                 shift: float) -> tuple[BlockGroups, BlockGroups]:
         """Invert ``factors`` (A, G of each layer in turn), one call per block size: (blocks, inverses)."""
         parts = [p for l in layers for p in (l.a_part, l.g_part)]
-        groups = group_by_size(factors, parts)
+        groups = group_packed(factors, parts)
         return groups, invert_groups(groups, shift, self.backends)
 
     def _check_point(self) -> None:
@@ -221,7 +217,7 @@ class THOR(torch.optim.Optimizer):
         shift = math.sqrt(self.schedule.damping(t))
         ready = [l for l in self._live() if l.a is not None]
         if ready:
-            traces = torch.stack([torch.stack([f.diagonal().double().sum() for f in (l.a, l.g)])
+            traces = torch.stack([torch.stack([packed_trace(l.a, l.a_part), packed_trace(l.g, l.g_part)])
                                   for l in ready]).tolist()
             todo, froze = [], False
             for layer, (ta, tg) in zip(ready, traces):
@@ -234,8 +230,7 @@ class THOR(torch.optim.Optimizer):
                 for i, layer in enumerate(todo):
                     layer.a_blocks = [b.clone() for b in groups.blocks_of(2 * i)]
                     layer.g_blocks = [b.clone() for b in groups.blocks_of(2 * i + 1)]
-                    layer.a_inv = [b.clone() for b in inv.blocks_of(2 * i)]
-                    layer.g_inv = [b.clone() for b in inv.blocks_of(2 * i + 1)]
+                    self._set_inverses(layer, inv, i)
                     layer.inv_step, layer.inv_shift = t, shift
             if froze:
                 for layer in self._layers:
@@ -252,13 +247,17 @@ class THOR(torch.optim.Optimizer):
                 by_step.setdefault(layer.inv_step, []).append(layer)
         for step in sorted(by_step):
             layers = by_step[step]
-            factors = [assemble_blocks(blocks, part) for l in layers
-                       for blocks, part in ((l.a_blocks, l.a_part), (l.g_blocks, l.g_part))]
+            factors = [pack(blocks) for l in layers for blocks in (l.a_blocks, l.g_blocks)]
             _, inv = self._invert(layers, factors, layers[0].inv_shift)
             for i, layer in enumerate(layers):
-                layer.a_inv = [b.clone() for b in inv.blocks_of(2 * i)]
-                layer.g_inv = [b.clone() for b in inv.blocks_of(2 * i + 1)]
+                self._set_inverses(layer, inv, i)
         self._replay = False
+
+    @staticmethod
+    def _set_inverses(layer: _Layer, inv: BlockGroups, i: int) -> None:
+        """Layer ``i`` of an inversion: its inverses, held as :func:`.blocks.left` / ``right`` apply them."""
+        layer.a_inv = for_apply(inv.blocks_of(2 * i), layer.a_part, other=layer.g_part.dim)
+        layer.g_inv = for_apply(inv.blocks_of(2 * i + 1), layer.g_part, other=layer.a_part.dim)
 
     # -- the step ----------------------------------------------------------------------------------
 
@@ -275,7 +274,7 @@ class THOR(torch.optim.Optimizer):
                 bias_grad = b.grad if b.grad is not None else torch.zeros_like(b)
                 grad = torch.cat([grad, bias_grad.reshape(-1, 1)], dim=1)
             grad = grad.to(self._dtype)
-            v = matmul_right(matmul_left(layer.g_inv, grad, layer.g_part), layer.a_inv, layer.a_part)
+            v = right(left(layer.g_inv, grad, layer.g_part), layer.a_inv, layer.a_part)
             if self.kl_clip is not None:
                 vg.append((v * grad).sum() * group_of[w]["lr"] ** 2)
             cols = w[0].numel()
@@ -289,7 +288,13 @@ class THOR(torch.optim.Optimizer):
 
     def _grads_finite(self) -> bool:
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        # one fused L2 norm per tensor: finite norms prove finite entries (NaN/Inf propagate); a
+        # non-finite norm is an Inf/NaN entry or an overflow of the sum, told apart exactly
+        if not grads:
+            return True
+        norms = torch.stack(torch._foreach_norm(grads, 2)).isfinite()
+        return bool(norms.all()) or all(bool(torch.isfinite(g).all())
+                                        for g, ok in zip(grads, norms.tolist()) if not ok)
 
     @torch.no_grad()
     def step(self, closure=None):

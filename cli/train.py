@@ -1,0 +1,118 @@
+"""``thor-plan train``: train a small model with THOR (planned or fixed split), K-FAC, SGD or AdamW."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from thor_planner.errors import UserError
+
+from .console import BarProgress, console, err_console, user_errors
+
+
+class OptimizerChoice(str, Enum):
+    thor = "thor"
+    thor_128 = "thor-128"
+    kfac = "kfac"
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+class TrainModelChoice(str, Enum):
+    cnn = "cnn"
+    mlp = "mlp"
+    mlp_wide = "mlp-wide"
+    resnet18 = "resnet18"
+
+
+class TrainDataChoice(str, Enum):
+    digits = "digits"
+    synthetic = "synthetic"
+
+
+class LrScheduleChoice(str, Enum):
+    cosine = "cosine"
+    constant = "constant"
+
+
+class _TrainBars(BarProgress):
+    """Progress bars on stderr; per-epoch lines on ``lines`` (stderr under --json)."""
+
+    def __init__(self, lines: Console) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def note(self, message: str) -> None:
+        self.lines.print(escape(message), highlight=False)
+
+
+def _check_out(out: Path | None) -> None:
+    if out is None:
+        return
+    if out.is_dir():
+        raise UserError(f"Cannot write --out '{out}': it is a folder; pass a file name such as '{out / 'train.csv'}'")
+    if not out.parent.is_dir():
+        raise UserError(f"Cannot write --out '{out}': folder '{out.parent}' does not exist")
+
+
+def _print_stats(stats: dict, where: Console) -> None:
+    table = Table("layer", "updates", "keeps", "stops", "frozen", "last Δ", title="THOR trace rule")
+    for name, s in stats["layers"].items():
+        delta = "—" if s["last_delta"] is None else f"{s['last_delta']:.4g}"
+        table.add_row(escape(name), str(s["updates"]), str(s["keeps"]), str(s["stops"]),
+                      "yes" if s["frozen"] else "no", delta)
+    where.print(table)
+    where.print(f"step {stats['step']}, interval {stats['interval']}, damping {stats['damping']:.4g}, "
+                f"skipped steps {stats['skipped_steps']}", highlight=False)
+
+
+def train_cmd(
+    model: TrainModelChoice = typer.Option(TrainModelChoice.cnn, "--model", "-m", help="cnn, mlp (hidden 128), mlp-wide (hidden 512) or resnet18 (1 input channel); all take 1×8×8 inputs, 10 classes."),
+    data: TrainDataChoice = typer.Option(TrainDataChoice.digits, "--data", help="digits (scikit-learn's 8×8 digits, 80/20 split) or synthetic (fixed inputs labelled by a fixed random linear teacher)."),
+    optimizer: OptimizerChoice = typer.Option(OptimizerChoice.thor, "--optimizer", help="thor (the plan's splits; profiles the model first without --plan), thor-128 (split 128), kfac (dense factors), sgd (momentum 0.9) or adamw."),
+    plan: Path = typer.Option(None, "--plan", help="plan.json for --optimizer thor (written by 'thor-plan profile' for this model)."),
+    epochs: int = typer.Option(10, "--epochs", help="Passes over the training split."),
+    lr: float = typer.Option(None, "--lr", help="Peak learning rate (default: thor/thor-128/kfac 0.01, sgd 0.1, adamw 0.01)."),
+    lr_schedule: LrScheduleChoice = typer.Option(LrScheduleChoice.cosine, "--lr-schedule", help="cosine (to 0 over the run, per step) or constant; the same for every optimizer."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Samples per step."),
+    seed: int = typer.Option(0, "--seed", help="Seed for initialisation, shuffling and the planless profile."),
+    weight_decay: float = typer.Option(5e-4, "--weight-decay", help="Weight decay (decoupled for adamw)."),
+    eval_every: int = typer.Option(None, "--eval-every", help="Also evaluate every N steps (default: once per epoch)."),
+    out: Path = typer.Option(None, "--out", "-o", help="CSV of epoch, step, seconds (training only), train_loss, test_loss, test_accuracy per evaluation (written atomically)."),
+    json_out: bool = typer.Option(False, "--json", help="Print only one JSON summary line on stdout (everything else goes to stderr)."),
+) -> None:
+    """Train a small model and report loss and accuracy against training time.
+
+    Logs per-epoch loss and accuracy and, for THOR variants, the trace rule's per-layer update / keep / stop counts, the update interval and the damping.
+    """
+    from thor_planner.atomic import atomic_write_text
+    from thor_planner.training import TrainConfig, train
+
+    lines = err_console if json_out else console
+    with user_errors():
+        config = TrainConfig(model=model.value, data=data.value, optimizer=optimizer.value, plan=plan,
+                             epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, weight_decay=weight_decay,
+                             lr_schedule=lr_schedule.value, eval_every=eval_every)
+        _check_out(out)
+        result = train(config, _TrainBars(lines))
+        if out is not None:
+            atomic_write_text(out, result.to_csv())
+    summary = result.summary()
+    if result.optimizer_stats is not None:
+        _print_stats(result.optimizer_stats, lines)
+    if out is not None:
+        lines.print(escape(f"Wrote {out}"), highlight=False)
+    if json_out:
+        typer.echo(json.dumps(summary))
+    else:
+        console.print(f"[bold]{summary['optimizer']}[/]: test accuracy {summary['test_accuracy']:.4f}, final loss "
+                      f"{summary['final_loss'] if summary['final_loss'] is None else round(summary['final_loss'], 4)}, "
+                      f"{summary['epochs']} epochs in {summary['seconds']:.2f} s of training", highlight=False)
+    if result.stopped == "diverged":
+        raise typer.Exit(code=1)
