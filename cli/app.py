@@ -20,7 +20,7 @@ from thor_planner.outputs import check_writable, write_profile, write_plan_and_r
 from thor_planner.plan import Plan
 from thor_planner.planner import Rule, RuleConfig, make_plan
 
-from .console import BarProgress, console, fail, user_errors
+from .console import BarProgress, console, err_console, fail, user_errors
 from .device_cmd import device_profile_cmd
 
 app = typer.Typer(
@@ -152,8 +152,8 @@ def profile(
                 folder.rmdir()  # leave no empty output folder behind a failed run
             raise
         total = sum(bars.seconds.values())
-        console.print("Measured in " + ", ".join(f"{k} {v:.1f} s" for k, v in bars.seconds.items())
-                      + f" (total {total:.1f} s)")
+        console.print(f"Measured in {total:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in bars.seconds.items())
+                      + ")" if err_console.is_terminal else f"Measured in {total:.1f} s")
         _summarise(plan)
         console.print(escape(f"Wrote {folder}/plan.json, report.html, losses.csv, timings.csv"
                              + (", factors.pt" if save_factors else "")))
