@@ -102,14 +102,20 @@ class BlockGroups:
         return BlockGroups({size: fn(stack) for size, stack in self.stacks.items()}, self.index)
 
 
-def group_by_size(factors: list[torch.Tensor], parts: list[Partition]) -> BlockGroups:
-    """Partition every factor and group all blocks of the network by block size."""
+def group_by_size(factors: list[torch.Tensor], parts: list[Partition], extract=None) -> BlockGroups:
+    """Partition every factor and group all blocks of the network by block size.
+
+    ``extract(factor, part)`` returns a factor's stacked blocks; the default is
+    :func:`extract_blocks` (dense factors). The runtime passes its unpacker for factors it keeps
+    as packed diagonal blocks.
+    """
+    extract = extract or extract_blocks
     pieces: dict[int, list[torch.Tensor]] = {}
     offsets: dict[int, int] = {}
     index: list[list[tuple[int, int, int]]] = []
     for factor, part in zip(factors, parts, strict=True):
         entry = []
-        for stack in extract_blocks(factor, part):
+        for stack in extract(factor, part):
             size, count = stack.shape[-1], stack.shape[0]
             pieces.setdefault(size, []).append(stack)
             entry.append((size, offsets.get(size, 0), count))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..capture import FactorCollector, LayerSpec
-from ..partition import BlockGroups, Partition
+from ..partition import BlockGroups, Partition, group_by_size
 
 
 def packed_size(part: Partition) -> int:
@@ -70,20 +70,8 @@ def packed_trace(packed: torch.Tensor, part: Partition) -> torch.Tensor:
 
 
 def group_packed(factors: list[torch.Tensor], parts: list[Partition]) -> BlockGroups:
-    """All blocks of packed factors grouped by block size (as :func:`partition.group_by_size`)."""
-    pieces: dict[int, list[torch.Tensor]] = {}
-    offsets: dict[int, int] = {}
-    index: list[list[tuple[int, int, int]]] = []
-    for factor, part in zip(factors, parts, strict=True):
-        entry = []
-        for stack in unpack(factor, part):
-            size, count = stack.shape[-1], stack.shape[0]
-            pieces.setdefault(size, []).append(stack)
-            entry.append((size, offsets.get(size, 0), count))
-            offsets[size] = offsets.get(size, 0) + count
-        index.append(entry)
-    stacks = {size: torch.cat(p) if len(p) > 1 else p[0].contiguous() for size, p in pieces.items()}
-    return BlockGroups(stacks, index)
+    """All blocks of packed factors grouped by block size (:func:`partition.group_by_size`)."""
+    return group_by_size(factors, parts, extract=unpack)
 
 
 #: Multiply-adds a dense product may waste on the zeros off the diagonal blocks and still beat the
