@@ -224,8 +224,32 @@ from .train import train_cmd  # noqa: E402  (the train command lives in its own 
 app.command("train")(train_cmd)
 
 
+def _is_usage_error(exc: BaseException) -> bool:
+    """click's UsageError family (bad option values, unknown options, missing arguments), whether
+    typer uses click or its own copy of it."""
+    return any(k.__name__ == "UsageError" for k in type(exc).__mro__) and hasattr(exc, "format_message")
+
+
 def main() -> None:
-    app()
+    """The console script: usage errors (bad option values, unknown options) as one line, exit 2."""
+    import sys
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        err_console.print("Interrupted: nothing was written.")
+        sys.exit(130)
+    except Exception as exc:
+        if not _is_usage_error(exc):
+            raise
+        message = exc.format_message()
+        if not message:  # no arguments: the help was printed already
+            sys.exit(2)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        err_console.print(f"[bold red]Error:[/] {escape(message)}{escape(hint)}", highlight=False)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

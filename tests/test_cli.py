@@ -432,3 +432,21 @@ def test_version() -> None:
     result = invoke("--version")
     assert result.exit_code == 0
     assert result.stdout == f"thor-plan {__version__}\n"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["profile", "--rule", "bogus"],
+     "Error: Invalid value for '--rule': Value error, 'bogus' is not one of 'crossover', 'budget'. "
+     "(see 'thor-plan profile --help')"),
+    (["show"], "Error: Missing argument 'PLAN'. (see 'thor-plan show --help')"),
+])
+def test_console_script_usage_errors_are_one_line(args, message, tmp_path):
+    import subprocess
+
+    from conftest import console_script
+
+    proc = subprocess.run([console_script(), *args], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "COLUMNS": "60"})
+    assert proc.returncode == 2
+    assert proc.stderr == message + "\n"
+    assert proc.stdout == "" and list(tmp_path.iterdir()) == []
