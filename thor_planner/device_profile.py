@@ -42,6 +42,7 @@ from .atomic import atomic_write_text
 from .backend_select import Selection, choose_backends, measured_timer
 from .costmodel import CellFit, CostModel, GroupingCost, fit_linear, grouping_features, nonnegative_lstsq
 from .errors import UserError
+from .fields import FieldReader
 from .partition import group_by_size, partition
 
 SCHEMA_VERSION = 1
@@ -68,16 +69,8 @@ class DeviceProfileError(UserError):
     """A device profile file that cannot be used."""
 
 
-def _fail(path: str, value: Any, why: str) -> None:
-    raise DeviceProfileError(f"Invalid device profile field {path}={json.dumps(value)}: {why}")
-
-
-def _get(d: Any, key: str, path: str) -> Any:
-    if not isinstance(d, dict):
-        _fail(path, d, "must be an object")
-    if key not in d:
-        raise DeviceProfileError(f"Invalid device profile: missing field {f'{path}.' if path else ''}{key}")
-    return d[key]
+_fields = FieldReader("device profile", DeviceProfileError)
+_fail, _get = _fields.fail, _fields.get
 
 
 def _number(d: Any, key: str, path: str, minimum: float = 0.0, strict: bool = False) -> float:

@@ -22,6 +22,7 @@ from typing import Any
 
 from .atomic import atomic_write_text
 from .errors import UserError
+from .fields import FieldReader
 
 SCHEMA_VERSION = 1
 CURVES = ("loss_fraction", "inversion_seconds", "normalized_perf")
@@ -31,16 +32,8 @@ class PlanError(UserError):
     """A plan file that cannot be used."""
 
 
-def _fail(path: str, value: Any, why: str) -> None:
-    raise PlanError(f"Invalid plan field {path}={json.dumps(value)}: {why}")
-
-
-def _get(d: dict, key: str, path: str) -> Any:
-    if not isinstance(d, dict):
-        _fail(path, d, "must be an object")
-    if key not in d:
-        raise PlanError(f"Invalid plan: missing field {path}.{key}" if path else f"Invalid plan: missing field {key}")
-    return d[key]
+_fields = FieldReader("plan", PlanError)
+_fail, _get = _fields.fail, _fields.get
 
 
 def _get_optional(d: dict, key: str, path: str) -> Any:
