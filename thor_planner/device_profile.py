@@ -137,11 +137,7 @@ class DeviceProfile:
 
     @classmethod
     def from_dict(cls, d: Any) -> "DeviceProfile":
-        if not isinstance(d, dict):
-            raise DeviceProfileError("Invalid device profile: the file must hold a JSON object")
-        version = _get(d, "schema_version", "")
-        if version != SCHEMA_VERSION:
-            _fail("schema_version", version, f"this version of thor-plan reads schema_version {SCHEMA_VERSION}")
+        d = _fields.document(d, SCHEMA_VERSION)
         device = _get(d, "device", "")
         if not isinstance(device, dict):
             _fail("device", device, "must be an object")

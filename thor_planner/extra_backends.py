@@ -44,34 +44,22 @@ def _newton_schulz(stack: torch.Tensor, low: Callable[[], contextlib.AbstractCon
     with low():
         for _ in range(iterations - refine):
             x = matmul(x, 2 * eye - matmul(stack, x))
-    with _tf32(False):
+    with _matmul_flag("allow_tf32", False):
         for _ in range(refine):
             x = x @ (2 * eye - stack @ x)
     return x, _finite(x)
 
 
 @contextlib.contextmanager
-def _tf32(enabled: bool) -> Iterator[None]:
-    """Set ``allow_tf32`` for CUDA matmuls inside the block only, restoring the caller's setting."""
+def _matmul_flag(name: str, value: bool) -> Iterator[None]:
+    """Set one ``torch.backends.cuda.matmul`` flag inside the block only, restoring the caller's."""
     flags = torch.backends.cuda.matmul
-    before = flags.allow_tf32
-    flags.allow_tf32 = enabled
+    before = getattr(flags, name)
+    setattr(flags, name, value)
     try:
         yield
     finally:
-        flags.allow_tf32 = before
-
-
-@contextlib.contextmanager
-def _fp32_accumulation() -> Iterator[None]:
-    """Make bf16 CUDA matmuls reduce in float32 inside the block only."""
-    flags = torch.backends.cuda.matmul
-    before = flags.allow_bf16_reduced_precision_reduction
-    flags.allow_bf16_reduced_precision_reduction = False
-    try:
-        yield
-    finally:
-        flags.allow_bf16_reduced_precision_reduction = before
+        setattr(flags, name, before)
 
 
 def _bf16_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -80,12 +68,12 @@ def _bf16_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def newton_schulz_tf32_inverse(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Newton–Schulz with TF32 products, the last :data:`REFINE_STEPS` steps in float32."""
-    return _newton_schulz(stack, lambda: _tf32(True), torch.matmul)
+    return _newton_schulz(stack, lambda: _matmul_flag("allow_tf32", True), torch.matmul)
 
 
 def newton_schulz_bf16_inverse(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Newton–Schulz with bf16 products (float32 accumulation), the last steps in float32."""
-    return _newton_schulz(stack, _fp32_accumulation, _bf16_matmul)
+    return _newton_schulz(stack, lambda: _matmul_flag("allow_bf16_reduced_precision_reduction", False), _bf16_matmul)
 
 
 def cupy_available() -> bool:

@@ -21,3 +21,12 @@ class FieldReader:
         if key not in d:
             raise self.error(f"Invalid {self.what}: missing field {f'{path}.' if path else ''}{key}")
         return d[key]
+
+    def document(self, d: Any, schema_version: int) -> dict:
+        """The parsed file as an object of the schema version this code reads."""
+        if not isinstance(d, dict):
+            raise self.error(f"Invalid {self.what}: the file must hold a JSON object")
+        version = self.get(d, "schema_version", "")
+        if version != schema_version:
+            self.fail("schema_version", version, f"this version of thor-plan reads schema_version {schema_version}")
+        return d

@@ -246,11 +246,7 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: Any) -> "Plan":
-        if not isinstance(d, dict):
-            raise PlanError("Invalid plan: the file must hold a JSON object")
-        version = _get(d, "schema_version", "")
-        if version != SCHEMA_VERSION:
-            _fail("schema_version", version, f"this version of thor-plan reads schema_version {SCHEMA_VERSION}")
+        d = _fields.document(d, SCHEMA_VERSION)
         for key in ("model", "device", "capture", "rule", "curves"):
             if not isinstance(_get(d, key, ""), dict):
                 _fail(key, d[key], "must be an object")
@@ -290,7 +286,7 @@ class Plan:
             _str(entry, "name", f"skipped[{i}]")
             _str(entry, "reason", f"skipped[{i}]")
         return cls(
-            schema_version=version, tool_version=str(d.get("tool_version", "")),
+            schema_version=SCHEMA_VERSION, tool_version=str(d.get("tool_version", "")),
             created=str(d.get("created", "")), model=d["model"], device=d["device"],
             capture=d["capture"], rule=d["rule"], candidates=cands, curves=d["curves"],
             crossover=crossover, schedule=Schedule.from_dict(_get(d, "schedule", "")),
