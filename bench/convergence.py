@@ -28,10 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import machine_line, write_section  # noqa: E402
 
-from thor_planner.planner import Rule, RuleConfig, make_plan  # noqa: E402
-from thor_planner.profiler import ProfileConfig, run_profile  # noqa: E402
-from thor_planner.timing import TimingConfig  # noqa: E402
-from thor_planner.training import PROFILE_NAMES, TrainConfig, train  # noqa: E402
+from thor_planner.planning.planner import Rule, RuleConfig, make_plan  # noqa: E402
+from thor_planner.profiling.profiler import ProfileConfig, run_profile  # noqa: E402
+from thor_planner.timing.candidates import TimingConfig  # noqa: E402
+from thor_planner.training.loop import PROFILE_NAMES, TrainConfig, train  # noqa: E402
 
 TARGET = 0.97
 EPOCHS = 20

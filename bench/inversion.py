@@ -26,15 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quiet  # noqa: E402
 from results import machine_line, write_section  # noqa: E402
 
-from thor_planner.backend_select import select_for_model  # noqa: E402
-from thor_planner.capture import find_layers  # noqa: E402
-from thor_planner.device_profile import device_slug, measure_device_profile  # noqa: E402
-from thor_planner.extra_backends import device_backends  # noqa: E402
-from thor_planner.inversion import DEFAULT_BACKEND, inversion_flops  # noqa: E402
-from thor_planner.models import resnet50  # noqa: E402
+from thor_planner.timing.backend_choice import select_for_model  # noqa: E402
+from thor_planner.capture.collector import find_layers  # noqa: E402
+from thor_planner.timing.device_profile import device_slug, measure_device_profile  # noqa: E402
+from thor_planner.inversion.extra import device_backends  # noqa: E402
+from thor_planner.inversion.backends import DEFAULT_BACKEND, inversion_flops  # noqa: E402
+from thor_planner.inputs.models import resnet50  # noqa: E402
 from thor_planner.partition import block_counts  # noqa: E402
-from thor_planner.profiler import default_candidates, device_info  # noqa: E402
-from thor_planner.timing import TimingConfig, synthetic_factors, time_candidates  # noqa: E402
+from thor_planner.profiling.profiler import default_candidates, device_info  # noqa: E402
+from thor_planner.timing.candidates import TimingConfig, synthetic_factors, time_candidates  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIP_ABOVE_S = 15.0  # a (backend, split) predicted slower than this is not timed

@@ -22,8 +22,8 @@ from results import machine_line, write_section  # noqa: E402
 
 from thor_planner.infoloss import loss_table  # noqa: E402
 from thor_planner.partition import extract_blocks, partition  # noqa: E402
-from thor_planner.profiler import ProfileConfig, run_profile  # noqa: E402
-from thor_planner.progress import Progress  # noqa: E402
+from thor_planner.profiling.profiler import ProfileConfig, run_profile  # noqa: E402
+from thor_planner.utils.progress import Progress  # noqa: E402
 
 
 class Stopwatch(Progress):

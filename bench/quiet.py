@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from thor_planner import timing
+from thor_planner.timing import candidates as timing
 
 _TICK = os.sysconf("SC_CLK_TCK")
 

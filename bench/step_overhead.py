@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import machine_line, write_section  # noqa: E402
 
 from thor_planner import THOR  # noqa: E402
-from thor_planner.data import digits_batches, synthetic_batches  # noqa: E402
-from thor_planner.models import load_model  # noqa: E402
-from thor_planner.planner import make_plan  # noqa: E402
-from thor_planner.profiler import ProfileConfig, run_profile  # noqa: E402
-from thor_planner.timing import TimingConfig  # noqa: E402
+from thor_planner.inputs.data import digits_batches, synthetic_batches  # noqa: E402
+from thor_planner.inputs.models import load_model  # noqa: E402
+from thor_planner.planning.planner import make_plan  # noqa: E402
+from thor_planner.profiling.profiler import ProfileConfig, run_profile  # noqa: E402
+from thor_planner.timing.candidates import TimingConfig  # noqa: E402
 
 WARMUP = 5
 #: How THOR's step got here (same script, same machine, earlier code; written by hand, not re-measured).

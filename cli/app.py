@@ -13,12 +13,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from thor_planner import __version__
-from thor_planner.errors import UserError
-from thor_planner.inversion import BACKENDS, DEFAULT_BACKEND
-from thor_planner.measurements import Measurements
-from thor_planner.outputs import check_writable, write_profile, write_plan_and_report
-from thor_planner.plan import Plan
-from thor_planner.planner import Rule, RuleConfig, make_plan
+from thor_planner.utils.errors import UserError
+from thor_planner.inversion.backends import BACKENDS, DEFAULT_BACKEND
+from thor_planner.planning.measurements import Measurements
+from thor_planner.profiling.outputs import check_writable, write_profile, write_plan_and_report
+from thor_planner.planning.plan import Plan
+from thor_planner.planning.planner import Rule, RuleConfig, make_plan
 
 from .console import BarProgress, console, err_console, fail, user_errors
 from .device_cmd import device_profile_cmd
@@ -118,9 +118,9 @@ def profile(
     save_factors: bool = typer.Option(False, "--save-factors", help="Also write the captured factors (factors.pt; hundreds of MB for ResNet-50)."),
 ) -> None:
     """Measure a model on this machine and write plan.json, report.html, losses.csv, timings.csv."""
-    from thor_planner.device_profile import device_slug, load_device_profile
-    from thor_planner.profiler import ProfileConfig, resolve_device, run_profile
-    from thor_planner.timing import TimingConfig
+    from thor_planner.timing.device_profile import device_slug, load_device_profile
+    from thor_planner.profiling.profiler import ProfileConfig, resolve_device, run_profile
+    from thor_planner.timing.candidates import TimingConfig
 
     with user_errors():
         rule_cfg = _rule_config(rule, threshold, overhead, interval)
@@ -182,8 +182,8 @@ def report(
     folder: Path = typer.Argument(..., help="A folder written by 'thor-plan profile'."),
 ) -> None:
     """Re-render report.html from the folder's plan.json and CSVs."""
-    from thor_planner.report import build_report
-    from thor_planner.atomic import atomic_write_text
+    from thor_planner.report.html import build_report
+    from thor_planner.utils.atomic import atomic_write_text
 
     with user_errors():
         measurements = Measurements.load(folder)

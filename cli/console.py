@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 
-from thor_planner.errors import UserError
-from thor_planner.progress import Progress
+from thor_planner.utils.errors import UserError
+from thor_planner.utils.progress import Progress
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from thor_planner.errors import UserError
+from thor_planner.utils.errors import UserError
 
 from .console import BarProgress, console, user_errors
 
@@ -38,9 +38,9 @@ def device_profile_cmd(
     Every backend that suits the device is accuracy-checked, then timed over block sizes and batch
     counts; 'thor-plan profile --device-profile FILE' predicts a model's timings from the file.
     """
-    from thor_planner.device_profile import DEFAULT_COUNTS, device_slug, measure_device_profile
-    from thor_planner.inversion import BACKENDS
-    from thor_planner.profiler import DEVICES, device_info, resolve_device
+    from thor_planner.timing.device_profile import DEFAULT_COUNTS, device_slug, measure_device_profile
+    from thor_planner.inversion.backends import BACKENDS
+    from thor_planner.profiling.profiler import DEVICES, device_info, resolve_device
 
     with user_errors():
         if device not in DEVICES:
@@ -58,7 +58,7 @@ def device_profile_cmd(
         info = {k: v for k, v in device_info(dev, "auto").items() if k != "backend"}
         path = out or Path("profiles") / "devices" / f"{device_slug(info)}.json"
         bars = BarProgress()
-        from thor_planner.device_profile import default_sizes
+        from thor_planner.timing.device_profile import default_sizes
 
         with bars.stage("device profile", len(size_list or default_sizes(dev.type))) as advance:
             profile = measure_device_profile(dev, sizes=size_list, backends=names, counts=count_list,

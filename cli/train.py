@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from thor_planner.errors import UserError
+from thor_planner.utils.errors import UserError
 
 from .console import BarProgress, console, err_console, user_errors
 
@@ -91,8 +91,8 @@ def train_cmd(
 
     Logs per-epoch loss and accuracy and, for THOR variants, the trace rule's per-layer update / keep / stop counts, the update interval and the damping.
     """
-    from thor_planner.atomic import atomic_write_text
-    from thor_planner.training import TrainConfig, train
+    from thor_planner.utils.atomic import atomic_write_text
+    from thor_planner.training.loop import TrainConfig, train
 
     lines = err_console if json_out else console
     with user_errors():

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from thor_planner import extra_backends
-from thor_planner.backend_select import (
+from thor_planner.inversion import extra as extra_backends
+from thor_planner.timing.backend_choice import (
     ACCURACY_TOLERANCE, Selection, accuracy_blocks, backend_error, check_accuracy, choose_backends,
     measured_timer, network_counts, select_for_model,
 )
-from thor_planner.extra_backends import CUDA_ONLY, device_backends
-from thor_planner.inversion import BACKENDS, DEFAULT_BACKEND, invert_groups, invert_stack
+from thor_planner.inversion.extra import CUDA_ONLY, device_backends
+from thor_planner.inversion.backends import BACKENDS, DEFAULT_BACKEND, invert_groups, invert_stack
 from thor_planner.partition import group_by_size, partition
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -220,7 +220,7 @@ def test_cuda_accuracy_check_and_auto_choice_run_on_the_device() -> None:
 @pytest.mark.gpu
 @cuda
 def test_cuda_event_timing_measures_device_time() -> None:
-    from thor_planner.timing import TimingConfig, _timed, measure
+    from thor_planner.timing.candidates import TimingConfig, _timed, measure
 
     cycles = 50_000_000  # ≈ 25–50 ms of spinning on one SM
     t = _timed(lambda: torch.cuda._sleep(cycles), torch.device("cuda"))

@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from thor_planner.capture import FactorCollector, capture_factors, find_layers
+from thor_planner.capture.collector import FactorCollector, capture_factors, find_layers
 
 
 class TinyConvNet(nn.Module):

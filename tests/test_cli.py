@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 import cli.console
 from cli.app import app
 from thor_planner import __version__
-from thor_planner.inversion import BACKENDS
-from thor_planner.measurements import Measurements
-from thor_planner.models import load_model
-from thor_planner.plan import Plan
-from thor_planner.report import build_report
+from thor_planner.inversion.backends import BACKENDS
+from thor_planner.planning.measurements import Measurements
+from thor_planner.inputs.models import load_model
+from thor_planner.planning.plan import Plan
+from thor_planner.report.html import build_report
 
 OUTPUTS = {"plan.json", "report.html", "losses.csv", "timings.csv"}
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -90,12 +90,12 @@ def test_show_prints_the_plan(profiled_dir: Path) -> None:
 
 
 def test_plan_from_replans_without_measuring(profile_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import thor_planner.profiler
+    import thor_planner.profiling.profiler
 
     def no_measuring(*args, **kwargs):
         raise AssertionError("'thor-plan plan' must not measure")
 
-    monkeypatch.setattr(thor_planner.profiler, "run_profile", no_measuring)
+    monkeypatch.setattr(thor_planner.profiling.profiler, "run_profile", no_measuring)
     csvs = {name: (profile_copy / name).read_bytes() for name in ("timings.csv", "losses.csv")}
     old_report = (profile_copy / "report.html").read_text()
     result = invoke("plan", "--from", profile_copy, "--rule", "budget", "--overhead", "0.05")
@@ -181,9 +181,9 @@ BAD_PROFILES = [
     (["--model", "no_such_module_xyz:make"],
      "Cannot import module 'no_such_module_xyz' for model factory 'no_such_module_xyz:make': "
      "No module named 'no_such_module_xyz'"),
-    (["--model", "thor_planner.models:no_such_factory"],
-     "Model factory 'thor_planner.models:no_such_factory' not found: "
-     "module 'thor_planner.models' has no attribute 'no_such_factory'"),
+    (["--model", "thor_planner.inputs.models:no_such_factory"],
+     "Model factory 'thor_planner.inputs.models:no_such_factory' not found: "
+     "module 'thor_planner.inputs.models' has no attribute 'no_such_factory'"),
     (["--model", "[/]x"],  # rich markup in user input is printed as is
      "Unknown model '[/]x': use one of cnn, mlp, resnet18, resnet50, or a factory as 'pkg.module:function'"),
     (["--threshold", "0"], "Invalid --threshold=0: must be in (0, 1), e.g. 0.01 for 1%"),
@@ -254,12 +254,12 @@ def test_profile_output_folder_read_only(tiny_profile: list[str], tmp_path: Path
 def test_profile_output_folder_refuses_files(tiny_profile: list[str], tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The read-only case as root sees it too (root ignores chmod): creating a file fails."""
-    import thor_planner.outputs
+    import thor_planner.profiling.outputs
 
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(thor_planner.outputs.tempfile, "NamedTemporaryFile", denied)
+    monkeypatch.setattr(thor_planner.profiling.outputs.tempfile, "NamedTemporaryFile", denied)
     out = tmp_path / "out"
     out.mkdir()
     assert_fails(invoke(*tiny_profile, "--out", out),

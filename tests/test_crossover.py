@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from thor_planner.crossover import budget, crossover, factor_split, loss_fraction, normalized_perf
+from thor_planner.planning.rules import budget, crossover, factor_split, loss_fraction, normalized_perf
 
 THOR_CANDIDATES = [1, 16, 32, 64, 128, 256, 512, 1024, 2048]
 

@@ -1,4 +1,4 @@
-"""Tests for thor_planner.data: synthetic, digits, factory and image-folder batches."""
+"""Tests for thor_planner.inputs.data: synthetic, digits, factory and image-folder batches."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from thor_planner.data import (
+from thor_planner.inputs.data import (
     digits_batches,
     digits_split,
     factory_batches,
@@ -17,7 +17,7 @@ from thor_planner.data import (
     load_batches,
     synthetic_batches,
 )
-from thor_planner.errors import UserError
+from thor_planner.utils.errors import UserError
 
 
 def _load(data: str, **overrides: object):

@@ -14,16 +14,16 @@ import torch
 from typer.testing import CliRunner
 
 from cli.app import app
-from thor_planner.costmodel import (
+from thor_planner.timing.costmodel import (
     CellFit, CostModel, GroupingCost, fit_linear, grouping_features, nonnegative_lstsq,
 )
-from thor_planner.device_profile import (
+from thor_planner.timing.device_profile import (
     DeviceProfile, DeviceProfileError, device_slug, load_device_profile, measure_device_profile,
 )
-from thor_planner.inversion import BACKENDS
-from thor_planner.measurements import Measurements
-from thor_planner.plan import Plan
-from thor_planner.prediction import predict_candidates
+from thor_planner.inversion.backends import BACKENDS
+from thor_planner.planning.measurements import Measurements
+from thor_planner.planning.plan import Plan
+from thor_planner.timing.prediction import predict_candidates
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -292,7 +292,7 @@ def test_cli_device_profile_bad_input(tmp_path: Path, args, message) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_device_profile_predicts_its_own_measurement() -> None:
-    from thor_planner.timing import synthetic_factors, time_candidates
+    from thor_planner.timing.candidates import synthetic_factors, time_candidates
 
     profile = measure_device_profile(torch.device("cuda"), sizes=[1, 16, 64, 256], cell_budget_s=0.2)
     dims = [64, 256, 147, 576]

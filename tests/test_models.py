@@ -1,4 +1,4 @@
-"""Tests for thor_planner.models: torchvision-compatible ResNets, factories, weights."""
+"""Tests for thor_planner.inputs.models: torchvision-compatible ResNets, factories, weights."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from thor_planner.errors import UserError
-from thor_planner.models import BUILTIN_MODELS, load_model, resnet18, resnet50
+from thor_planner.utils.errors import UserError
+from thor_planner.inputs.models import BUILTIN_MODELS, load_model, resnet18, resnet50
 
 
 def _num_params(model: torch.nn.Module) -> int:

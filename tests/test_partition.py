@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from thor_planner.inversion import BACKENDS, invert_groups, invert_stack
+from thor_planner.inversion.backends import BACKENDS, invert_groups, invert_stack
 from thor_planner.partition import (
     assemble_blocks, block_counts, extract_blocks, group_by_size, matmul_left, matmul_right, partition,
 )

@@ -12,11 +12,11 @@ from typing import Any, Callable
 import pandas as pd
 import pytest
 
-from thor_planner.errors import UserError
-from thor_planner.measurements import Measurements
-from thor_planner.models import load_model
-from thor_planner.plan import Plan, PlanError, Schedule
-from thor_planner.planner import Rule, RuleConfig, make_plan
+from thor_planner.utils.errors import UserError
+from thor_planner.planning.measurements import Measurements
+from thor_planner.inputs.models import load_model
+from thor_planner.planning.plan import Plan, PlanError, Schedule
+from thor_planner.planning.planner import Rule, RuleConfig, make_plan
 
 CANDIDATES = [1, 16, 32, 64, 128]
 SECONDS = [1e-4, 3e-4, 5e-4, 8e-4, 1.2e-3]

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from thor_planner.plan import Plan, Schedule
-from thor_planner.report import build_report, figures, write_report
+from thor_planner.planning.plan import Plan, Schedule
+from thor_planner.report.html import build_report, figures, write_report
 
 CANDIDATES = [1, 16, 32, 64, 128, 256, 512, 1024, 2048]
 WARNING = "Degenerate crossover at b≈1: use the budget rule"

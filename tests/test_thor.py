@@ -14,9 +14,9 @@ from torch import nn
 
 import thor_planner.optim.thor as thor_module
 from thor_planner import THOR, Plan
-from thor_planner.capture import layer_specs
+from thor_planner.capture.collector import layer_specs
 from thor_planner.partition import partition
-from thor_planner.plan import Crossover, LayerPlan, PlanError, Schedule
+from thor_planner.planning.plan import Crossover, LayerPlan, PlanError, Schedule
 
 EVERY_STEP = Schedule(damping_init=0.03, damping_decay=1.0, factor_every=1, factor_decay=0.0,
                       interval_initial=1, interval_max=1, omega1=0.0, omega2=0.0)

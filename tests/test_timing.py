@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from thor_planner.timing import TimingConfig, measure, synthetic_factors, time_candidates, time_training_step
+from thor_planner.timing.candidates import TimingConfig, measure, synthetic_factors, time_candidates, time_training_step
 
 
 def test_candidate_timings_record_blocks_repeats_and_spread():

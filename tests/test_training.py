@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
-from thor_planner.capture import layer_specs
-from thor_planner.plan import Crossover, LayerPlan, Plan, Schedule
-from thor_planner.progress import Progress
-from thor_planner.training import CSV_COLUMNS, OPTIMIZERS, TrainConfig, TrainConfigError, build_model, train
+from thor_planner.capture.collector import layer_specs
+from thor_planner.planning.plan import Crossover, LayerPlan, Plan, Schedule
+from thor_planner.utils.progress import Progress
+from thor_planner.training.loop import CSV_COLUMNS, OPTIMIZERS, TrainConfig, TrainConfigError, build_model, train
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SUMMARY_KEYS = {"optimizer", "epochs", "seconds", "test_accuracy", "final_loss"}

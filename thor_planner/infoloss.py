@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 import torch
 
-from .partition import extract_blocks, partition
+from thor_planner.partition import extract_blocks, partition
 
 DIRECT_MAX = 256
 LANCZOS_STEPS = 64

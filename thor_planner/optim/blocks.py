@@ -17,8 +17,8 @@ import functools
 import torch
 from torch import nn
 
-from ..capture import FactorCollector, LayerSpec
-from ..partition import BlockGroups, Partition, group_by_size
+from thor_planner.capture.collector import FactorCollector, LayerSpec
+from thor_planner.partition import BlockGroups, Partition, group_by_size
 
 
 def packed_size(part: Partition) -> int:

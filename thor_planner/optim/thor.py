@@ -44,12 +44,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..capture import find_layers, layer_specs
-from ..inversion import BACKENDS, DEFAULT_BACKEND, invert_groups
-from ..partition import BlockGroups, Partition, partition
-from ..plan import Plan, Schedule
-from .blocks import BlockFactorCollector, for_apply, group_packed, left, pack, packed_trace, right
-from .trace import STOP, UPDATE, LayerTrace
+from thor_planner.capture.collector import find_layers, layer_specs
+from thor_planner.inversion.backends import BACKENDS, DEFAULT_BACKEND, invert_groups
+from thor_planner.partition import BlockGroups, Partition, partition
+from thor_planner.planning.plan import Plan, Schedule
+from thor_planner.optim.blocks import BlockFactorCollector, for_apply, group_packed, left, pack, packed_trace, right
+from thor_planner.optim.trace import STOP, UPDATE, LayerTrace
 
 Blocks = list[torch.Tensor]
 

@@ -11,19 +11,19 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from . import __version__
-from .capture import CapturedFactors, capture_factors
-from .data import load_batches
-from .errors import UserError
-from .infoloss import loss_table
-from .backend_select import default_backend, network_counts, select_for_model
-from .inversion import BACKENDS
-from .measurements import Measurements
-from .models import LoadedModel, load_model
-from .progress import Progress
-from .device_profile import load_device_profile
-from .prediction import predict_candidates, predicted_device_fields
-from .timing import TimingConfig, time_candidates, time_training_step
+from thor_planner.version import __version__
+from thor_planner.capture.collector import CapturedFactors, capture_factors
+from thor_planner.inputs.data import load_batches
+from thor_planner.utils.errors import UserError
+from thor_planner.infoloss import loss_table
+from thor_planner.timing.backend_choice import default_backend, network_counts, select_for_model
+from thor_planner.inversion.backends import BACKENDS
+from thor_planner.planning.measurements import Measurements
+from thor_planner.inputs.models import LoadedModel, load_model
+from thor_planner.utils.progress import Progress
+from thor_planner.timing.device_profile import load_device_profile
+from thor_planner.timing.prediction import predict_candidates, predicted_device_fields
+from thor_planner.timing.candidates import TimingConfig, time_candidates, time_training_step
 
 DEVICES = ("auto", "cpu", "cuda")
 FISHERS = ("sampled", "empirical")

@@ -16,8 +16,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from .atomic import atomic_write_text
-from .plan import Plan
+from thor_planner.utils.atomic import atomic_write_text
+from thor_planner.planning.plan import Plan
 
 FONT = 'system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif'
 LOSS_COLOR, PERF_COLOR, SPLIT_COLOR, INK = "#1b9e77", "#d95f02", "#5e3c99", "#2b2d42"

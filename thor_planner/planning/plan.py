@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text
-from .errors import UserError
-from .fields import FieldReader
+from thor_planner.utils.atomic import atomic_write_text
+from thor_planner.utils.errors import UserError
+from thor_planner.utils.fields import FieldReader
 
 SCHEMA_VERSION = 1
 CURVES = ("loss_fraction", "inversion_seconds", "normalized_perf")
@@ -310,7 +310,7 @@ class Plan:
 
     def check_model(self, model) -> None:
         """Refuse a plan whose layers do not match ``model`` (names, kinds, factor dimensions)."""
-        from .capture import layer_specs  # late import: capture imports torch hooks machinery
+        from thor_planner.capture.collector import layer_specs  # late import: capture imports torch hooks machinery
 
         specs = {s.name: s for s in layer_specs(model)}
         problems = []

@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from .errors import UserError
+from thor_planner.utils.errors import UserError
 
 
 def import_object(spec: str, what: str) -> Any:

@@ -16,8 +16,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .errors import UserError
-from .imports import accepted_kwargs, import_object
+from thor_planner.utils.errors import UserError
+from thor_planner.utils.imports import accepted_kwargs, import_object
 
 # --------------------------------------------------------------------------------------- ResNet
 

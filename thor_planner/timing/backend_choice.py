@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .inversion import DEFAULT_BACKEND, get_backend, invert_stack
-from .partition import block_counts
+from thor_planner.inversion.backends import DEFAULT_BACKEND, get_backend, invert_stack
+from thor_planner.partition import block_counts
 
 ACCURACY_TOLERANCE = 1e-4
 ACCURACY_CONDITION = 1e3
@@ -106,7 +106,7 @@ def timing_stack(size: int, count: int, device: torch.device | str = "cpu") -> t
 def measured_timer(device: torch.device, damping: float = 0.03, budget_s: float = 0.2) -> Timer:
     """A :data:`Timer` that times ``invert_stack(..., check=True)`` (the runtime's call) on a
     synthetic stack: median after one warm-up, repeats within ``budget_s``."""
-    from .timing import TimingConfig, measure
+    from thor_planner.timing.candidates import TimingConfig, measure
 
     config = TimingConfig(budget_s=budget_s, min_repeats=3, max_repeats=7, warmup=1)
 
@@ -215,7 +215,7 @@ def select_for_model(dims: Sequence[int], candidates: Sequence[int], backend: st
     """The profiler's backend choice: every block size the candidates produce gets the fastest
     accurate backend (``auto``) or ``backend`` where it passes the accuracy check (the default
     backend where it does not)."""
-    from .extra_backends import device_backends
+    from thor_planner.inversion.extra import device_backends
 
     names = device_backends(device.type) if backend == "auto" else [backend]
     return choose_backends(network_counts(dims, candidates), names, device, progress=progress)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write_bytes, atomic_write_text
-from .capture import CapturedFactors
-from .errors import UserError
-from .measurements import Measurements
-from .plan import Plan
+from thor_planner.utils.atomic import atomic_write_bytes, atomic_write_text
+from thor_planner.capture.collector import CapturedFactors
+from thor_planner.utils.errors import UserError
+from thor_planner.planning.measurements import Measurements
+from thor_planner.planning.plan import Plan
 
 PLAN_JSON = "plan.json"
 REPORT_HTML = "report.html"
@@ -33,7 +33,7 @@ def check_writable(folder: str | Path) -> Path:
 
 
 def _render(plan: Plan, m: Measurements) -> dict[str, str]:
-    from .report import build_report
+    from thor_planner.report.html import build_report
 
     return {PLAN_JSON: plan.to_json(), REPORT_HTML: build_report(plan, m.losses, m.timings)}
 

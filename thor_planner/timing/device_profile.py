@@ -37,13 +37,13 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .atomic import atomic_write_text
-from .backend_select import Selection, choose_backends, measured_timer
-from .costmodel import CellFit, CostModel, GroupingCost, fit_linear, grouping_features, nonnegative_lstsq
-from .errors import UserError
-from .fields import FieldReader
-from .partition import group_by_size, partition
+from thor_planner.version import __version__
+from thor_planner.utils.atomic import atomic_write_text
+from thor_planner.timing.backend_choice import Selection, choose_backends, measured_timer
+from thor_planner.timing.costmodel import CellFit, CostModel, GroupingCost, fit_linear, grouping_features, nonnegative_lstsq
+from thor_planner.utils.errors import UserError
+from thor_planner.utils.fields import FieldReader
+from thor_planner.partition import group_by_size, partition
 
 SCHEMA_VERSION = 1
 KIND = "thor-plan device profile"
@@ -199,7 +199,7 @@ def load_device_profile(path: str | Path) -> DeviceProfile:
 def _grouping_cost(device: torch.device, budget_s: float, dim: int = 2048) -> GroupingCost:
     """Fit :func:`group_by_size`'s cost (see :mod:`costmodel`) from 16 factors of ``dim`` (2048: 256 MB,
     beyond the caches) and 512 factors of 64, at splits giving narrow rows, small and large stacks."""
-    from .timing import TimingConfig, measure
+    from thor_planner.timing.candidates import TimingConfig, measure
 
     config = TimingConfig(budget_s=budget_s, min_repeats=3, max_repeats=9)
     big = [torch.ones(dim, dim, device=device) for _ in range(16)]
@@ -253,7 +253,7 @@ def measure_device_profile(
 ) -> DeviceProfile:
     """Measure a device profile. The accuracy check and pruning of :func:`backend_select.choose_backends`
     decide which backends are measured at each size (its timer call is where each cell is measured)."""
-    from .extra_backends import device_backends
+    from thor_planner.inversion.extra import device_backends
 
     start = time.perf_counter()
     sizes = list(sizes or default_sizes(device.type))
@@ -276,7 +276,7 @@ def measure_device_profile(
             if size not in cells[name] and accurate_here and not pruned_here:
                 cells[name][size] = _measure_cell(timer, name, size, counts, cell_budget_s, mem_cap)
     grouping = _grouping_cost(device, budget_s=min(0.5, cell_budget_s), dim=grouping_factor_dim)
-    from .profiler import device_info as _device_info
+    from thor_planner.profiling.profiler import device_info as _device_info
 
     return DeviceProfile(
         device=device_info or {k: v for k, v in _device_info(device, "auto").items() if k != "backend"},

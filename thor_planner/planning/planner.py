@@ -6,11 +6,11 @@ import datetime as _dt
 from dataclasses import dataclass
 from enum import Enum
 
-from . import __version__
-from .crossover import budget, crossover, factor_split, loss_fraction, normalized_perf
-from .errors import UserError
-from .measurements import Measurements
-from .plan import Crossover, LayerPlan, Plan, Schedule
+from thor_planner.version import __version__
+from thor_planner.planning.rules import budget, crossover, factor_split, loss_fraction, normalized_perf
+from thor_planner.utils.errors import UserError
+from thor_planner.planning.measurements import Measurements
+from thor_planner.planning.plan import Crossover, LayerPlan, Plan, Schedule
 
 
 class Rule(str, Enum):

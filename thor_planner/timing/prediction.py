@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .backend_select import network_counts
-from .device_profile import DeviceProfile, DeviceProfileError
-from .inversion import inversion_flops
-from .partition import block_counts
-from .timing import CandidateTiming
+from thor_planner.timing.backend_choice import network_counts
+from thor_planner.timing.device_profile import DeviceProfile, DeviceProfileError
+from thor_planner.inversion.backends import inversion_flops
+from thor_planner.partition import block_counts
+from thor_planner.timing.candidates import CandidateTiming
 
 
 def predict_candidates(profile: DeviceProfile, dims: Sequence[int], candidates: Sequence[int],

@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import models
-from .errors import UserError
-from .progress import Progress
+from thor_planner.inputs import models
+from thor_planner.utils.errors import UserError
+from thor_planner.utils.progress import Progress
 
 MODELS = ("cnn", "mlp", "mlp-wide", "resnet18")
 DATA = ("digits", "synthetic")
@@ -188,7 +188,7 @@ def mlp_wide(num_classes: int = 10) -> nn.Module:
 
 
 #: How :func:`~thor_planner.profiler.run_profile` names each model (built-in or factory).
-PROFILE_NAMES = {"cnn": "cnn", "mlp": "mlp", "mlp-wide": "thor_planner.training:mlp_wide",
+PROFILE_NAMES = {"cnn": "cnn", "mlp": "mlp", "mlp-wide": "thor_planner.training.loop:mlp_wide",
                  "resnet18": "thor_planner.training:resnet18_digits"}
 
 
@@ -211,7 +211,7 @@ def synthetic_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.T
 
 def load_split(data: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if data == "digits":
-        from .data import digits_split
+        from thor_planner.inputs.data import digits_split
 
         return digits_split(seed=0)
     return synthetic_split()
@@ -222,13 +222,13 @@ def load_split(data: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tor
 
 def _thor_plan(config: TrainConfig, progress: Progress):
     """The plan for ``thor``: loaded from ``config.plan`` or measured now; (plan, profile seconds)."""
-    from .plan import Plan
+    from thor_planner.planning.plan import Plan
 
     if config.plan is not None:
         return Plan.load(config.plan), None
-    from .planner import make_plan
-    from .profiler import ProfileConfig, run_profile
-    from .timing import TimingConfig
+    from thor_planner.planning.planner import make_plan
+    from thor_planner.profiling.profiler import ProfileConfig, run_profile
+    from thor_planner.timing.candidates import TimingConfig
 
     progress.note(f"No plan given: profiling {config.model} on {config.data} first "
                   f"({PROFILE_BATCHES} batches of {PROFILE_BATCH_SIZE}, {PROFILE_TIME_BUDGET} s timing per split)")
@@ -251,7 +251,7 @@ def make_optimizer(config: TrainConfig, model: nn.Module, plan=None) -> torch.op
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
-    from .optim import THOR
+    from thor_planner.optim import THOR
 
     if config.optimizer == "thor":
         return THOR(model, plan, lr=lr, momentum=momentum, weight_decay=wd)

@@ -15,8 +15,8 @@ from typing import Literal
 
 import torch
 
-from .errors import UserError
-from .imports import accepted_kwargs, import_object
+from thor_planner.utils.errors import UserError
+from thor_planner.utils.imports import accepted_kwargs, import_object
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

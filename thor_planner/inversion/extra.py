@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .inversion import BACKENDS, DEFAULT_BACKEND, NEWTON_SCHULZ_ITERATIONS, _finite, register_backend
+from thor_planner.inversion.backends import BACKENDS, DEFAULT_BACKEND, NEWTON_SCHULZ_ITERATIONS, _finite, register_backend
 
 REFINE_STEPS = 2
 CUDA_ONLY = frozenset({"newton-schulz-tf32", "newton-schulz-bf16", "cupy"})

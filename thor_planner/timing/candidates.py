@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .inversion import DEFAULT_BACKEND, invert_groups, inversion_flops
-from .partition import block_counts, group_by_size, partition
+from thor_planner.inversion.backends import DEFAULT_BACKEND, invert_groups, inversion_flops
+from thor_planner.partition import block_counts, group_by_size, partition
 
 
 @dataclass(frozen=True)

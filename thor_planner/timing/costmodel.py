@@ -27,7 +27,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .inversion import DEFAULT_BACKEND
+from thor_planner.inversion.backends import DEFAULT_BACKEND
 
 _TINY = 1e-12
 

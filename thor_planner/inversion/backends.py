@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from .partition import BlockGroups
+from thor_planner.partition import BlockGroups
 
 InverseFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -185,6 +185,3 @@ def inversion_flops(counts: Mapping[int, int]) -> float:
     """Σ count·s³ over block sizes: the work of a Cholesky-based inverse (≈ s³ each)."""
     return float(sum(count * math.pow(size, 3) for size, count in counts.items()))
 
-
-# Registers the TF32/bf16 Newton–Schulz variants and (with cupy and CUDA) the cupy backend.
-from . import extra_backends as _extra_backends  # noqa: E402,F401  (imported last: it imports this module)

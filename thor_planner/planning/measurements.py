@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .atomic import atomic_write_text
-from .errors import UserError
+from thor_planner.utils.atomic import atomic_write_text
+from thor_planner.utils.errors import UserError
 
 LOSSES_CSV = "losses.csv"
 TIMINGS_CSV = "timings.csv"

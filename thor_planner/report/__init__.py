@@ -1,0 +1,5 @@
+"""The self-contained plotly report of a plan and its measurements.
+
+Modules: ``html`` (``build_report``, ``write_report``, ``figures``). Imports planning and utils;
+must not import capture, timing, optim, the profiler or training.
+"""
