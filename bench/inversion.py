@@ -33,7 +33,8 @@ from thor_planner.inversion.extra import device_backends  # noqa: E402
 from thor_planner.inversion.backends import DEFAULT_BACKEND, inversion_flops  # noqa: E402
 from thor_planner.inputs.models import resnet50  # noqa: E402
 from thor_planner.partition import block_counts  # noqa: E402
-from thor_planner.profiling.profiler import default_candidates, device_info  # noqa: E402
+from thor_planner.profiling.profiler import default_candidates  # noqa: E402
+from thor_planner.timing.device import device_info  # noqa: E402
 from thor_planner.timing.candidates import TimingConfig, synthetic_factors, time_candidates  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,10 +12,10 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def machine_line() -> str:
-    from thor_planner.profiling.profiler import _cpu_name
+    from thor_planner.timing.device import cpu_name
 
     dev = f"CUDA {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU"
-    return (f"{_cpu_name()}, {torch.get_num_threads()} torch threads, {dev}; torch {torch.__version__}, "
+    return (f"{cpu_name()}, {torch.get_num_threads()} torch threads, {dev}; torch {torch.__version__}, "
             f"Python {platform.python_version()}")
 
 

@@ -20,7 +20,7 @@ from thor_planner.profiling.outputs import check_writable, write_profile, write_
 from thor_planner.planning.plan import Plan
 from thor_planner.planning.planner import Rule, RuleConfig, make_plan
 
-from .console import BarProgress, console, err_console, fail, user_errors
+from .console import BarProgress, console, err_console, user_errors
 from .device_cmd import device_profile_cmd
 
 app = typer.Typer(
@@ -119,7 +119,8 @@ def profile(
 ) -> None:
     """Measure a model on this machine and write plan.json, report.html, losses.csv, timings.csv."""
     from thor_planner.timing.device_profile import device_slug, load_device_profile
-    from thor_planner.profiling.profiler import ProfileConfig, resolve_device, run_profile
+    from thor_planner.profiling.profiler import ProfileConfig, run_profile
+    from thor_planner.timing.device import resolve_device
     from thor_planner.timing.candidates import TimingConfig
 
     with user_errors():

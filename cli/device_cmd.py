@@ -40,7 +40,7 @@ def device_profile_cmd(
     """
     from thor_planner.timing.device_profile import DEFAULT_COUNTS, device_slug, measure_device_profile
     from thor_planner.inversion.backends import BACKENDS
-    from thor_planner.profiling.profiler import DEVICES, device_info, resolve_device
+    from thor_planner.timing.device import DEVICES, device_info, resolve_device
 
     with user_errors():
         if device not in DEVICES:

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from thor_planner.inversion import extra as extra_backends
+from thor_planner.inversion.accuracy import ACCURACY_TOLERANCE, accuracy_blocks, backend_error, check_accuracy
 from thor_planner.timing.backend_choice import (
-    ACCURACY_TOLERANCE, Selection, accuracy_blocks, backend_error, check_accuracy, choose_backends,
-    measured_timer, network_counts, select_for_model,
+    Selection, choose_backends, measured_timer, network_counts, select_for_model,
 )
 from thor_planner.inversion.extra import CUDA_ONLY, device_backends
 from thor_planner.inversion.backends import BACKENDS, DEFAULT_BACKEND, invert_groups, invert_stack

@@ -165,6 +165,20 @@ def mlp(num_classes: int = 10, in_features: int = 64, hidden: int = 128) -> nn.S
 # ------------------------------------------------------------------------------------ registry
 
 
+def resnet18_digits(num_classes: int = 10) -> nn.Module:
+    """ResNet-18 for 1×8×8 inputs (a model factory ``load_model`` and the profiler can import)."""
+    model = resnet18(num_classes=num_classes, in_channels=1)
+    model.input_shape = (1, 8, 8)
+    return model
+
+
+def mlp_wide(num_classes: int = 10) -> nn.Module:
+    """The built-in mlp with 512 hidden units (factors of 65, 513 and 513 dimensions)."""
+    model = mlp(num_classes=num_classes, in_features=64, hidden=512)
+    model.input_shape = (1, 8, 8)
+    return model
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A built-in model: its factory (called with ``num_classes=``) and default input shape."""

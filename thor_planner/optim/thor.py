@@ -39,58 +39,19 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from thor_planner.capture.collector import find_layers, layer_specs
-from thor_planner.inversion.backends import BACKENDS, DEFAULT_BACKEND, invert_groups
-from thor_planner.partition import BlockGroups, Partition, partition
+from thor_planner.inversion.backends import DEFAULT_BACKEND, invert_groups
+from thor_planner.partition import BlockGroups, partition
 from thor_planner.planning.plan import Plan, Schedule
+from thor_planner.optim.layer import Layer, plan_backends
 from thor_planner.optim.blocks import BlockFactorCollector, for_apply, group_packed, left, pack, packed_trace, right
 from thor_planner.optim.trace import STOP, UPDATE, LayerTrace
 
 Blocks = list[torch.Tensor]
-
-
-@dataclass
-class _Layer:
-    """A preconditioned layer: its parameters, partitions, thresholds and factor state."""
-
-    name: str
-    weight: nn.Parameter
-    bias: nn.Parameter | None
-    a_part: Partition
-    g_part: Partition
-    omega1: float
-    omega2: float
-    a: torch.Tensor | None = None  # running averages of the factors' diagonal blocks, packed
-    g: torch.Tensor | None = None
-    a_blocks: Blocks | None = None  # undamped blocks the current inverses were computed from
-    g_blocks: Blocks | None = None
-    a_inv: Blocks | None = None
-    g_inv: Blocks | None = None
-    inv_step: int | None = None
-    inv_shift: float | None = None  # the value added to the diagonals at that inversion
-    trace: LayerTrace = field(default_factory=LayerTrace)
-
-
-def _known_backend(name: str) -> str:
-    if name in BACKENDS:
-        return name
-    warnings.warn(f"Inversion backend {name!r} from the plan is not available here; using {DEFAULT_BACKEND}",
-                  stacklevel=3)
-    return DEFAULT_BACKEND
-
-
-def _plan_backends(device: dict) -> str | dict[int, str]:
-    """The plan's inversion backend(s): ``device.backends`` ({size: name}) or ``device.backend``."""
-    per_size = device.get("backends")
-    if isinstance(per_size, Mapping) and per_size:
-        return {int(size): _known_backend(name) for size, name in per_size.items()}
-    name = device.get("backend")
-    return _known_backend(name) if isinstance(name, str) else DEFAULT_BACKEND
 
 
 class THOR(torch.optim.Optimizer):
@@ -133,7 +94,7 @@ class THOR(torch.optim.Optimizer):
             plan.check_model(model)
             self.schedule = schedule or plan.schedule
             entries = [(lp.name, lp.a_split, lp.g_split, lp.omega1, lp.omega2) for lp in plan.layers]
-            backends = backends if backends is not None else _plan_backends(plan.device)
+            backends = backends if backends is not None else plan_backends(plan.device)
         else:
             self.schedule = schedule or Schedule()
             s = self.schedule
@@ -145,7 +106,7 @@ class THOR(torch.optim.Optimizer):
         modules = dict(model.named_modules())
         self._model = model
         self._layers = [
-            _Layer(name, modules[name].weight, modules[name].bias, partition(specs[name].a_dim, a_split),
+            Layer(name, modules[name].weight, modules[name].bias, partition(specs[name].a_dim, a_split),
                    partition(specs[name].g_dim, g_split), o1, o2)
             for name, a_split, g_split, o1, o2 in entries
         ] if precondition else []
@@ -161,7 +122,7 @@ class THOR(torch.optim.Optimizer):
 
     # -- factors -----------------------------------------------------------------------------------
 
-    def _live(self) -> list[_Layer]:
+    def _live(self) -> list[Layer]:
         return [l for l in self._layers if not l.trace.frozen]
 
     def _rebuild_collector(self) -> None:
@@ -205,7 +166,7 @@ class THOR(torch.optim.Optimizer):
 
     # -- inverses ----------------------------------------------------------------------------------
 
-    def _invert(self, layers: list[_Layer], factors: list[torch.Tensor],
+    def _invert(self, layers: list[Layer], factors: list[torch.Tensor],
                 shift: float) -> tuple[BlockGroups, BlockGroups]:
         """Invert ``factors`` (A, G of each layer in turn), one call per block size: (blocks, inverses)."""
         parts = [p for l in layers for p in (l.a_part, l.g_part)]
@@ -241,7 +202,7 @@ class THOR(torch.optim.Optimizer):
 
     def _replay_inverses(self) -> None:
         """After loading: recompute every layer's inverses from the saved blocks, grouped as inverted."""
-        by_step: dict[int, list[_Layer]] = {}
+        by_step: dict[int, list[Layer]] = {}
         for layer in self._layers:
             if layer.a_blocks is not None:
                 by_step.setdefault(layer.inv_step, []).append(layer)
@@ -254,7 +215,7 @@ class THOR(torch.optim.Optimizer):
         self._replay = False
 
     @staticmethod
-    def _set_inverses(layer: _Layer, inv: BlockGroups, i: int) -> None:
+    def _set_inverses(layer: Layer, inv: BlockGroups, i: int) -> None:
         """Layer ``i`` of an inversion: its inverses, held as :func:`.blocks.left` / ``right`` apply them."""
         layer.a_inv = for_apply(inv.blocks_of(2 * i), layer.a_part, other=layer.g_part.dim)
         layer.g_inv = for_apply(inv.blocks_of(2 * i + 1), layer.g_part, other=layer.a_part.dim)

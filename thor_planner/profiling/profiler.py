@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import platform
 import re
 from dataclasses import dataclass
 
@@ -24,8 +22,8 @@ from thor_planner.utils.progress import Progress
 from thor_planner.timing.device_profile import load_device_profile
 from thor_planner.timing.prediction import predict_candidates, predicted_device_fields
 from thor_planner.timing.candidates import TimingConfig, time_candidates, time_training_step
+from thor_planner.timing.device import DEVICES, device_info, resolve_device
 
-DEVICES = ("auto", "cpu", "cuda")
 FISHERS = ("sampled", "empirical")
 
 
@@ -73,40 +71,6 @@ class ProfileConfig:
                 re.compile(self.skip)
             except re.error as exc:
                 raise UserError(f"Invalid --skip={self.skip!r}: not a regular expression ({exc})") from None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("CUDA was asked for (--device cuda) but torch sees no CUDA device: "
-                        "use --device cpu, or install a CUDA build of torch on a GPU machine")
-    return torch.device(name)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_info(device: torch.device, backend: str) -> dict:
-    cuda = device.type == "cuda"
-    return {
-        "type": device.type,
-        "name": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda if cuda else None,
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "backend": backend,
-        "dtype": "float32",
-    }
 
 
 def default_candidates(max_dim: int, max_split: int = 2048) -> list[int]:

@@ -40,6 +40,7 @@ import torch
 from thor_planner.version import __version__
 from thor_planner.utils.atomic import atomic_write_text
 from thor_planner.timing.backend_choice import Selection, choose_backends, measured_timer
+from thor_planner.timing.device import device_info as describe_device
 from thor_planner.timing.costmodel import CellFit, CostModel, GroupingCost, fit_linear, grouping_features, nonnegative_lstsq
 from thor_planner.utils.errors import UserError
 from thor_planner.utils.fields import FieldReader
@@ -276,10 +277,9 @@ def measure_device_profile(
             if size not in cells[name] and accurate_here and not pruned_here:
                 cells[name][size] = _measure_cell(timer, name, size, counts, cell_budget_s, mem_cap)
     grouping = _grouping_cost(device, budget_s=min(0.5, cell_budget_s), dim=grouping_factor_dim)
-    from thor_planner.profiling.profiler import device_info as _device_info
 
     return DeviceProfile(
-        device=device_info or {k: v for k, v in _device_info(device, "auto").items() if k != "backend"},
+        device=device_info or {k: v for k, v in describe_device(device, "auto").items() if k != "backend"},
         sizes=sizes, counts=list(counts), backends={n: c for n, c in cells.items() if c}, grouping=grouping,
         damping=damping, excluded=selection.excluded, pruned=selection.pruned,
         accuracy=selection.device_fields()["accuracy"], wall_seconds=time.perf_counter() - start,

@@ -173,23 +173,9 @@ class TrainResult:
 # -------------------------------------------------------------------------------- models and data
 
 
-def resnet18_digits(num_classes: int = 10) -> nn.Module:
-    """ResNet-18 for 1×8×8 inputs (a model factory ``load_model`` and the profiler can import)."""
-    model = models.resnet18(num_classes=num_classes, in_channels=1)
-    model.input_shape = (1, 8, 8)
-    return model
-
-
-def mlp_wide(num_classes: int = 10) -> nn.Module:
-    """The built-in mlp with 512 hidden units (factors of 65, 513 and 513 dimensions)."""
-    model = models.mlp(num_classes=num_classes, in_features=64, hidden=512)
-    model.input_shape = (1, 8, 8)
-    return model
-
-
-#: How :func:`~thor_planner.profiler.run_profile` names each model (built-in or factory).
-PROFILE_NAMES = {"cnn": "cnn", "mlp": "mlp", "mlp-wide": "thor_planner.training.loop:mlp_wide",
-                 "resnet18": "thor_planner.training:resnet18_digits"}
+#: How :func:`~thor_planner.profiling.profiler.run_profile` names each model (built-in or factory).
+PROFILE_NAMES = {"cnn": "cnn", "mlp": "mlp", "mlp-wide": "thor_planner.inputs.models:mlp_wide",
+                 "resnet18": "thor_planner.inputs.models:resnet18_digits"}
 
 
 def build_model(name: str) -> nn.Module:
@@ -197,7 +183,7 @@ def build_model(name: str) -> nn.Module:
         return models.cnn(num_classes=10, in_channels=1)
     if name == "mlp":
         return models.mlp(num_classes=10)
-    return mlp_wide() if name == "mlp-wide" else resnet18_digits()
+    return models.mlp_wide() if name == "mlp-wide" else models.resnet18_digits()
 
 
 def synthetic_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
