@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import thor_planner.optim.thor as thor_module
+import thor_planner.optim.refresh as refresh_module
 from thor_planner import THOR, Plan
 from thor_planner.capture.collector import layer_specs
 from thor_planner.partition import partition
@@ -79,8 +79,10 @@ def block_mask(dim: int, split: int | None, dtype) -> torch.Tensor:
     return torch.block_diag(*[torch.ones(s, s, dtype=dtype) for s in sizes])
 
 
-def reference_kfac(model, data, *, lr, momentum, wd, damping, split=None, kl_clip=None, layers=LAYERS):
-    """K-FAC with momentum SGD written plainly: A, G from unfold and outer products, dense inverses."""
+def reference_kfac(model, data, *, lr, momentum, wd, damping, split=None, kl_clip=None, layers=LAYERS,
+                   graft=None):
+    """K-FAC with momentum SGD written plainly: A, G from unfold and outer products, dense inverses;
+    ``graft="sgd"``: each layer's direction rescaled to its gradient's Frobenius norm."""
     bufs = {}
     for x, y in data:
         inputs, outputs, hooks = {}, {}, []
@@ -115,6 +117,8 @@ def reference_kfac(model, data, *, lr, momentum, wd, damping, split=None, kl_cli
             g_inv = torch.linalg.inv(g + shift * torch.eye(g.shape[0], dtype=g.dtype))
             a_inv = torch.linalg.inv(a + shift * torch.eye(a.shape[0], dtype=a.dtype))
             u = g_inv @ grad @ a_inv
+            if graft == "sgd":
+                u = u * (grad.norm() / u.norm())
             vg += float((u * grad).sum()) * lr**2
             cols = m.weight[0].numel()
             direction[m.weight] = u[:, :cols].reshape(m.weight.shape)
@@ -138,16 +142,19 @@ def assert_params(a: nn.Module, b: nn.Module, exact: bool = False, rtol: float =
 
 
 @pytest.mark.parametrize("split", [None, 4, 16])
-@pytest.mark.parametrize("kl_clip", [None, 1e-4])
-def test_equals_plain_kfac(split, kl_clip) -> None:
-    """Dense (split = dim) and block-diagonal (split 4: 27 → 4·6+3, 6 → 4+2, 5 → 4+1) K-FAC steps."""
+@pytest.mark.parametrize(("kl_clip", "graft"), [(None, None), (1e-4, None), (None, "sgd"), (1e-4, "sgd")])
+def test_equals_plain_kfac(split, kl_clip, graft) -> None:
+    """Dense (split = dim) and block-diagonal (split 4: 27 → 4·6+3, 6 → 4+2, 5 → 4+1) K-FAC steps,
+    raw or grafted to SGD's per-layer norm, with and without KL clipping."""
     torch.manual_seed(0)
     model = Net().double()
     ref = copy.deepcopy(model)
     data = batches(3, torch.float64)
-    opt = THOR(model, make_plan(model, split), lr=0.1, momentum=0.9, weight_decay=5e-4, kl_clip=kl_clip)
+    opt = THOR(model, make_plan(model, split), lr=0.1, momentum=0.9, weight_decay=5e-4, kl_clip=kl_clip,
+               graft=graft)
     train(model, opt, data)
-    reference_kfac(ref, data, lr=0.1, momentum=0.9, wd=5e-4, damping=0.03, split=split, kl_clip=kl_clip)
+    reference_kfac(ref, data, lr=0.1, momentum=0.9, wd=5e-4, damping=0.03, split=split, kl_clip=kl_clip,
+                   graft=graft)
     assert_params(model, ref)
     assert opt.stats()["layers"]["fc"]["updates"] == 3
 
@@ -159,7 +166,8 @@ def test_layers_outside_the_plan_get_sgd_and_planless_modes_match_plans() -> Non
     data = batches(2, torch.float64)
     opt = THOR(model, make_plan(model, 4, layers=("conv2", "fc")), lr=0.1, momentum=0.9)
     train(model, opt, data)
-    reference_kfac(ref, data, lr=0.1, momentum=0.9, wd=0.0, damping=0.03, split=4, layers=("conv2", "fc"))
+    reference_kfac(ref, data, lr=0.1, momentum=0.9, wd=0.0, damping=0.03, split=4, layers=("conv2", "fc"),
+                   graft="sgd")
     assert_params(model, ref)
     assert list(opt.stats()["layers"]) == ["conv2", "fc"]
     # plan=None, split=4: every layer at split 4 with the schedule's thresholds == a plan saying so
@@ -189,13 +197,13 @@ def test_without_preconditioning_equals_sgd(wd, nesterov) -> None:
 def test_trace_rule_per_layer_and_only_updated_layers_inverted(monkeypatch) -> None:
     """lr = 0 and one batch repeated: factors repeat exactly until the input is scaled by 3."""
     calls = []
-    real = thor_module.invert_groups
+    real = refresh_module.invert_groups
 
     def spy(groups, damping, backends, **kw):
         calls.append(sum(n * size for size, n in ((s, st.shape[0]) for s, st in groups.stacks.items())))
         return real(groups, damping, backends, **kw)
 
-    monkeypatch.setattr(thor_module, "invert_groups", spy)
+    monkeypatch.setattr(refresh_module, "invert_groups", spy)
     torch.manual_seed(3)
     model = Net()
     plan = make_plan(model, omegas={"conv1": (0.01, 0.0), "conv2": (0.01, 0.001), "fc": (0.0, 0.0)})
@@ -268,8 +276,11 @@ def test_nan_step_is_skipped_and_touches_nothing() -> None:
     opt.zero_grad()
     F.cross_entropy(model(data[2][0]), data[2][1]).backward()
     model.fc.weight.grad[0, 0] = float("nan")
-    with pytest.warns(RuntimeWarning, match=r"^THOR: step 2 skipped: gradients contain NaN or Inf$"):
+    with pytest.warns(RuntimeWarning) as caught:
         opt.step()
+    assert [str(w.message) for w in caught] == [
+        "THOR: step 2 skipped: gradients contain NaN or Inf (1 in a row, 1 in all)"]
+    assert caught[0].filename == __file__  # attributed to the caller's line, not to torch
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
     after = opt.state_dict()
     assert all(torch.equal(before["state"][i]["momentum_buffer"], s["momentum_buffer"])

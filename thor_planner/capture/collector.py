@@ -3,10 +3,11 @@
 For a layer with inputs ``a`` (im2col-unfolded for convolutions, plus a ones column when the layer
 has a bias) and per-sample output gradients ``g``:
 
-    A = (1/R) Σ_rows a aᵀ          R = batch · positions (rows of the unfolded input)
-    G = (1/B) Σ_n Σ_t g gᵀ          g = B · ∂loss/∂output, the per-sample gradient of a
-                                   batch-mean loss; for convolutions the sum over positions t
-                                   follows KFC (Grosse & Martens, 2016)
+    A = (1/R) Σ_rows a aᵀ          R = rows of the input (batch · positions for convolutions)
+    G = (1/N) Σ_n Σ_t g gᵀ          g = N · ∂loss/∂output, the per-sample gradient of a mean loss
+                                   over N samples: N = batch for convolutions (the sum over
+                                   positions t follows KFC, Grosse & Martens 2016), N = every row
+                                   (token) for Linear layers (:mod:`thor_planner.capture.layers`)
 
 so that A ⊗ G approximates the Fisher of the weight gradient. :class:`FactorCollector` is used both
 by the profiler and by the THOR runtime, so both see the same factors.
@@ -14,7 +15,6 @@ by the profiler and by the THOR runtime, so both see the same factors.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -22,85 +22,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """A preconditionable layer: its name, kind and factor dimensions."""
-
-    name: str
-    kind: str  # "conv2d" | "linear"
-    a_dim: int
-    g_dim: int
-    has_bias: bool
-
-
-def _spec(name: str, module: nn.Module) -> LayerSpec | str:
-    """The layer's spec, or the reason it cannot be preconditioned."""
-    bias = module.bias is not None
-    if isinstance(module, nn.Conv2d):
-        if module.groups != 1:
-            return f"grouped convolution (groups={module.groups}) is not supported; trained with SGD"
-        kh, kw = module.kernel_size
-        return LayerSpec(name, "conv2d", module.in_channels * kh * kw + bias, module.out_channels, bias)
-    return LayerSpec(name, "linear", module.in_features + bias, module.out_features, bias)
-
-
-def find_layers(model: nn.Module, skip: str | None = None) -> tuple[list[LayerSpec], list[dict]]:
-    """All Conv2d / Linear layers of ``model``: the preconditionable specs and the skipped layers.
-
-    ``skip`` is a regular expression; layers whose names it matches (``re.search``) are skipped.
-    """
-    pattern = re.compile(skip) if skip else None
-    specs, skipped = [], []
-    for name, module in model.named_modules():
-        if not isinstance(module, (nn.Conv2d, nn.Linear)):
-            continue
-        if pattern is not None and pattern.search(name):
-            skipped.append({"name": name, "reason": f"matched --skip {skip!r}"})
-            continue
-        spec = _spec(name, module)
-        if isinstance(spec, str):
-            skipped.append({"name": name, "reason": spec})
-        else:
-            specs.append(spec)
-    return specs, skipped
-
-
-def layer_specs(model: nn.Module) -> list[LayerSpec]:
-    """Specs of every preconditionable layer of ``model`` (no skipping)."""
-    return find_layers(model)[0]
-
-
-def input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's input as rows ``(R, a_dim)``: im2col for convolutions, ones column for a bias."""
-    if isinstance(module, nn.Conv2d):
-        padding = module.padding
-        if isinstance(padding, str) or module.padding_mode != "zeros":
-            mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-            x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-            padding = 0
-        cols = F.unfold(x, module.kernel_size, module.dilation, padding, module.stride)
-        rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    else:
-        rows = x.reshape(-1, x.shape[-1])
-    if module.bias is not None:
-        rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
-    return rows
-
-
-def output_grad_rows(module: nn.Module, grad: torch.Tensor) -> torch.Tensor:
-    """The gradient w.r.t. the layer's output as rows ``(R, g_dim)``."""
-    if isinstance(module, nn.Conv2d):
-        return grad.movedim(1, -1).reshape(-1, grad.shape[1])
-    return grad.reshape(-1, grad.shape[-1])
+from thor_planner.capture.layers import (  # noqa: F401  (re-exported: the collector's public names)
+    LayerSpec, LayerType, find_layers, input_rows, layer_specs, layer_type, output_grad_rows,
+)
 
 
 class FactorCollector:
-    """Forward / output-gradient hooks that accumulate A and G sums while ``active``.
+    """Forward and output-gradient hooks that accumulate A and G sums while ``active``.
 
-    Hooks are registered once and do nothing when ``active`` is false or the module is not in
-    training mode. :meth:`factors` returns the averages over everything accumulated since the last
-    :meth:`reset`; a module called several times per step contributes every call.
+    Hooks are registered once. A forward call counts only when the collector is ``active``, the
+    module is in training mode and gradients are enabled; its A and G are both added when the
+    backward pass reaches that call's output, so a forward whose output never gets a gradient (a
+    monitoring loss, a stray evaluation in train mode) leaves no trace, and the statistics always
+    come from the forwards whose backward produced the gradients. Several forward/backward pairs
+    before :meth:`reset` (gradient accumulation, or a module called several times per step) are all
+    averaged. Grams are computed in ``dtype`` (float32 by default) with autocast switched off, so
+    factors are float32 whatever the autocast dtype.
     """
 
     def __init__(self, model: nn.Module, specs: Iterable[LayerSpec], *, dtype=torch.float32):
@@ -111,40 +48,42 @@ class FactorCollector:
         self._a_sum: dict[str, torch.Tensor] = {}
         self._g_sum: dict[str, torch.Tensor] = {}
         self._a_rows: dict[str, int] = {}
-        self._g_batches: dict[str, int] = {}
+        self._g_samples: dict[str, int] = {}
         self._handles = []
         for spec in self.specs:
-            self._handles.append(modules[spec.name].register_forward_hook(self._forward_hook(spec.name)))
+            module = modules[spec.name]
+            self._handles.append(module.register_forward_hook(self._forward_hook(spec.name, layer_type(module))))
         self.reset()
 
     def reset(self) -> None:
-        self._a_sum.clear(), self._g_sum.clear(), self._a_rows.clear(), self._g_batches.clear()
+        self._a_sum.clear(), self._g_sum.clear(), self._a_rows.clear(), self._g_samples.clear()
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
 
-    def _forward_hook(self, name: str):
+    def _forward_hook(self, name: str, kind: LayerType):
         def hook(module: nn.Module, inputs, output) -> None:
             if not (self.active and module.training and torch.is_grad_enabled()):
                 return
-            with torch.no_grad():
-                rows = input_rows(module, inputs[0].detach()).to(self.dtype)
-                self._add(self._a_sum, name, self._gram(name, "a", rows))
-                self._a_rows[name] = self._a_rows.get(name, 0) + rows.shape[0]
             if isinstance(output, torch.Tensor) and output.requires_grad:
-                batch = output.shape[0]
-                output.register_hook(self._grad_hook(name, module, batch))
+                output.register_hook(self._grad_hook(name, module, kind, inputs[0].detach(),
+                                                    kind.samples(module, output)))
 
         return hook
 
-    def _grad_hook(self, name: str, module: nn.Module, batch: int):
+    def _grad_hook(self, name: str, module: nn.Module, kind: LayerType, x: torch.Tensor, samples: int):
         def hook(grad: torch.Tensor) -> None:
-            with torch.no_grad():
-                rows = output_grad_rows(module, grad.detach()).to(self.dtype)
-                self._add(self._g_sum, name, self._gram(name, "g", rows) * (batch * batch))
-                self._g_batches[name] = self._g_batches.get(name, 0) + batch
+            with torch.no_grad(), torch.autocast(grad.device.type, enabled=False):
+                rows = kind.input_rows(module, x.to(self.dtype))
+                if module.bias is not None:
+                    rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+                self._add(self._a_sum, name, self._gram(name, "a", rows))
+                self._a_rows[name] = self._a_rows.get(name, 0) + rows.shape[0]
+                g_rows = kind.grad_rows(module, grad.detach().to(self.dtype))
+                self._add(self._g_sum, name, self._gram(name, "g", g_rows) * float(samples * samples))
+                self._g_samples[name] = self._g_samples.get(name, 0) + samples
 
         return hook
 
@@ -167,7 +106,7 @@ class FactorCollector:
     def factors(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """``(A, G)`` per layer name for the layers seen since the last reset."""
         a = {n: s / self._a_rows[n] for n, s in self._a_sum.items()}
-        g = {n: s / self._g_batches[n] for n, s in self._g_sum.items()}
+        g = {n: s / self._g_samples[n] for n, s in self._g_sum.items()}
         return a, g
 
 

@@ -1,24 +1,26 @@
 """THOR: a ``torch.optim.Optimizer`` that preconditions Conv2d / Linear gradients with the
-block-diagonal inverses of their Kronecker factors, as a plan prescribes.
+block-diagonal inverses of their Kronecker factors, as a plan prescribes. A drop-in for
+``torch.optim.SGD``: the same learning rate, momentum and weight decay train.
 
-One call of :meth:`THOR.step` (step ``t`` counts the steps taken, from 0):
+One call of :meth:`THOR.step` (step ``t`` counts the calls, from 0):
 
-1. Gradients with NaN/Inf: warn and return. Nothing changes (weights, momentum, factors, step
-   counter); the statistics captured during that iteration are discarded.
-2. Factor step (``t % factor_every == 0``; the collector was active during this iteration's forward
-   and backward): fold the captured A and G into running averages ``F ← d·F + (1−d)·F_new``
-   (``d = factor_decay``; the first capture initialises F). A capture with NaN/Inf is dropped.
-   Only the diagonal blocks at the layer's splits are ever computed and kept (packed, see
-   :mod:`.blocks`): capture costs ``R·d·s`` instead of ``R·d²`` and the state ``d·s`` numbers.
-3. Check point (every ``schedule.interval(t)`` steps, the first at t = 0): the trace rule
-   (:mod:`.trace`) decides per layer; the layers to update are inverted together, one
-   :func:`~thor_planner.inversion.invert_groups` call per block size, on the plan's per-factor
-   splits, with ``sqrt(damping(t))`` added to every factor's diagonal (as MindSpore's THOR does);
-   kept inverses keep the damping they were computed with.
-4. Update: ``V = G⁻¹ ∇W A⁻¹`` for every preconditioned layer (conv weights as ``(out, in·kh·kw)``,
-   the bias as the last column, matching A's ones column); optional K-FAC KL clipping
-   ``ν = min(1, sqrt(kl_clip / Σ lr²⟨V, ∇W⟩))``; then weight decay, momentum and the step exactly
-   as ``torch.optim.SGD`` (dampening 0). Every other parameter gets plain SGD with momentum.
+1. Gradients with NaN/Inf skip the step: weights, momentum and factors stay as they were, the
+   statistics of that iteration are dropped, the skip is counted (``stats()``) and warned about at
+   the caller's line; ``max_skipped_steps`` consecutive skips raise :class:`DivergedError`. Where
+   the step neither captures nor checks, the skip is decided on the device without a host
+   synchronisation (CUDA), and its warning comes at the next factor step or check point.
+2. Factor step (``t % factor_every == 0``; the collector was active during this iteration's
+   forwards and backwards): fold the captured A and G into running averages
+   ``F ← d·F + (1−d)·F_new`` (``d = factor_decay``; the first capture initialises F). A capture with
+   NaN/Inf is dropped. Only the diagonal blocks at the layer's splits are ever computed and kept
+   (packed, see :mod:`.blocks`); they are float32 whatever the autocast dtype (float64 for float64
+   models).
+3. Check point (every ``schedule.interval(t)`` steps, the first at t = 0): the trace rule and the
+   batched inversion of :mod:`.refresh`.
+4. Direction (:mod:`.precondition`): ``V = G⁻¹ ∇W A⁻¹`` for every preconditioned layer, grafted to
+   the SGD direction's norm (``graft="sgd"``, default) and optionally KL-clipped; then weight decay,
+   momentum and the step exactly as ``torch.optim.SGD`` (dampening 0; :mod:`.update`). Every other
+   parameter gets plain SGD with momentum.
 5. The collector is switched on when step ``t + 1`` is a factor step.
 
 Weight decay is added *after* preconditioning, as MindSpore's THOR (``apply_decay`` on the
@@ -44,14 +46,18 @@ import torch
 from torch import nn
 
 from thor_planner.capture.collector import find_layers, layer_specs
-from thor_planner.inversion.backends import DEFAULT_BACKEND, invert_groups
-from thor_planner.partition import BlockGroups, partition
-from thor_planner.planning.plan import Plan, Schedule
+from thor_planner.inversion.backends import DEFAULT_BACKEND
+from thor_planner.optim.blocks import BlockFactorCollector
 from thor_planner.optim.layer import Layer, plan_backends
-from thor_planner.optim.blocks import BlockFactorCollector, for_apply, group_packed, left, pack, packed_trace, right
-from thor_planner.optim.trace import STOP, UPDATE, LayerTrace
+from thor_planner.optim.precondition import GRAFTS, directions
+from thor_planner.optim.refresh import check_point, replay_inverses
+from thor_planner.optim.skips import DivergedError, SkipCounter
+from thor_planner.optim.trace import LayerTrace
+from thor_planner.optim.update import sgd_update
+from thor_planner.partition import partition
+from thor_planner.planning.plan import Plan, Schedule
 
-Blocks = list[torch.Tensor]
+__all__ = ["THOR", "DivergedError"]
 
 
 class THOR(torch.optim.Optimizer):
@@ -59,24 +65,29 @@ class THOR(torch.optim.Optimizer):
 
     Args:
         model: the model; every parameter goes into one param group.
-        plan: a :class:`~thor_planner.plan.Plan` for this model (refused when it does not match).
-            Without a plan every Conv2d/Linear layer is preconditioned, each factor split at
+        plan: a :class:`~thor_planner.planning.plan.Plan` for this model (refused when it does not
+            match). Without a plan every Conv2d/Linear layer is preconditioned, each factor split at
             ``split`` (``None``: dense, unsplit K-FAC), with ``schedule`` or ``Schedule()``.
         lr, momentum, weight_decay, nesterov: as ``torch.optim.SGD`` (dampening 0).
+        graft: ``"sgd"`` (default): each layer's natural-gradient direction takes the norm of its
+            gradient, so SGD's settings carry over; ``None``: the raw natural gradient.
         schedule: overrides the plan's schedule (per-layer ω1/ω2 still come from the plan).
         precondition: ``False`` gives exactly ``torch.optim.SGD`` (no hooks).
-        kl_clip: K-FAC KL clipping bound (``None``: off).
+        kl_clip: K-FAC KL clipping bound (``None``: off), applied after grafting.
         grad_scaler: the ``torch.amp.GradScaler`` that scales the loss; needed because the G
             factor is captured from scaled gradients (divided by scale² here). Its ``step`` calls
             ``unscale_`` before ours, so the gradients we precondition are unscaled.
         backends: inversion backend name or {block size: name}; default: the plan's, else
             ``torch-cholesky``.
+        max_skipped_steps: consecutive NaN/Inf steps tolerated before :class:`DivergedError`
+            (``None``: never raise).
     """
 
     def __init__(self, model: nn.Module, plan: Plan | None = None, *, lr: float, momentum: float = 0.9,
                  weight_decay: float = 0.0, nesterov: bool = False, split: int | None = None,
-                 schedule: Schedule | None = None, precondition: bool = True, kl_clip: float | None = None,
-                 grad_scaler=None, backends: str | Mapping[int, str] | None = None):
+                 graft: str | None = "sgd", schedule: Schedule | None = None, precondition: bool = True,
+                 kl_clip: float | None = None, grad_scaler=None, backends: str | Mapping[int, str] | None = None,
+                 max_skipped_steps: int | None = 10):
         for what, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
             if not value >= 0:
                 raise ValueError(f"Invalid {what}={value}: must be >= 0")
@@ -87,6 +98,10 @@ class THOR(torch.optim.Optimizer):
         if split is not None and (plan is not None or split < 1):
             raise ValueError(f"Invalid split={split}: pass an integer >= 1 and no plan "
                              "(a plan carries its own splits)")
+        if graft not in GRAFTS:
+            raise ValueError(f"Invalid graft={graft!r}: use 'sgd' or None")
+        if max_skipped_steps is not None and (isinstance(max_skipped_steps, bool) or max_skipped_steps < 1):
+            raise ValueError(f"Invalid max_skipped_steps={max_skipped_steps}: must be >= 1 (or None)")
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "nesterov": nesterov}
         super().__init__(list(model.parameters()), defaults)
 
@@ -101,21 +116,25 @@ class THOR(torch.optim.Optimizer):
             entries = [(sp.name, split or sp.a_dim, split or sp.g_dim, s.omega1, s.omega2)
                        for sp in find_layers(model)[0]]
         self.backends = backends if backends is not None else DEFAULT_BACKEND
-        self.kl_clip, self.grad_scaler, self.precondition = kl_clip, grad_scaler, precondition
+        self.graft, self.kl_clip, self.grad_scaler, self.precondition = graft, kl_clip, grad_scaler, precondition
         specs = {sp.name: sp for sp in layer_specs(model)}
         modules = dict(model.named_modules())
         self._model = model
         self._layers = [
             Layer(name, modules[name].weight, modules[name].bias, partition(specs[name].a_dim, a_split),
-                   partition(specs[name].g_dim, g_split), o1, o2)
+                  partition(specs[name].g_dim, g_split), o1, o2)
             for name, a_split, g_split, o1, o2 in entries
         ] if precondition else []
         self._specs = specs
         double = any(layer.weight.dtype == torch.float64 for layer in self._layers)
         self._dtype = torch.float64 if double else torch.float32  # factors and inverses
+        params = [p for g in self.param_groups for p in g["params"]]
+        #: decide skips on the device (no host sync) on steps that neither capture nor check
+        self._sync_free = any(p.is_cuda for p in params)
         self._step = 0
         self._next_check = 0
-        self._skipped = 0
+        self._skips = SkipCounter(max_skipped_steps)
+        self._device_skips: torch.Tensor | None = None  # [total, consecutive, longest] on the device
         self._replay = False
         self._collector: BlockFactorCollector | None = None
         self._rebuild_collector()
@@ -164,98 +183,69 @@ class THOR(torch.optim.Optimizer):
                 layer.a.mul_(d).add_(a, alpha=1 - d)
                 layer.g.mul_(d).add_(g, alpha=1 - d)
 
-    # -- inverses ----------------------------------------------------------------------------------
+    # -- skipped steps -----------------------------------------------------------------------------
 
-    def _invert(self, layers: list[Layer], factors: list[torch.Tensor],
-                shift: float) -> tuple[BlockGroups, BlockGroups]:
-        """Invert ``factors`` (A, G of each layer in turn), one call per block size: (blocks, inverses)."""
-        parts = [p for l in layers for p in (l.a_part, l.g_part)]
-        groups = group_packed(factors, parts)
-        return groups, invert_groups(groups, shift, self.backends)
-
-    def _check_point(self) -> None:
-        t = self._step
-        shift = math.sqrt(self.schedule.damping(t))
-        ready = [l for l in self._live() if l.a is not None]
-        if ready:
-            traces = torch.stack([torch.stack([packed_trace(l.a, l.a_part), packed_trace(l.g, l.g_part)])
-                                  for l in ready]).tolist()
-            todo, froze = [], False
-            for layer, (ta, tg) in zip(ready, traces):
-                decision = layer.trace.check(ta, tg, layer.a_part.dim, layer.g_part.dim, shift,
-                                             layer.omega1, layer.omega2)
-                todo += [layer] if decision == UPDATE else []
-                froze |= decision == STOP
-            if todo:
-                groups, inv = self._invert(todo, [f for l in todo for f in (l.a, l.g)], shift)
-                for i, layer in enumerate(todo):
-                    layer.a_blocks = [b.clone() for b in groups.blocks_of(2 * i)]
-                    layer.g_blocks = [b.clone() for b in groups.blocks_of(2 * i + 1)]
-                    self._set_inverses(layer, inv, i)
-                    layer.inv_step, layer.inv_shift = t, shift
-            if froze:
-                for layer in self._layers:
-                    if layer.trace.frozen:
-                        layer.a = layer.g = None  # its inverses are final: the factors are not needed
-                self._rebuild_collector()
-        self._next_check = t + self.schedule.interval(t)
-
-    def _replay_inverses(self) -> None:
-        """After loading: recompute every layer's inverses from the saved blocks, grouped as inverted."""
-        by_step: dict[int, list[Layer]] = {}
-        for layer in self._layers:
-            if layer.a_blocks is not None:
-                by_step.setdefault(layer.inv_step, []).append(layer)
-        for step in sorted(by_step):
-            layers = by_step[step]
-            factors = [pack(blocks) for l in layers for blocks in (l.a_blocks, l.g_blocks)]
-            _, inv = self._invert(layers, factors, layers[0].inv_shift)
-            for i, layer in enumerate(layers):
-                self._set_inverses(layer, inv, i)
-        self._replay = False
+    def _grads(self) -> list[torch.Tensor]:
+        return [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
 
     @staticmethod
-    def _set_inverses(layer: Layer, inv: BlockGroups, i: int) -> None:
-        """Layer ``i`` of an inversion: its inverses, held as :func:`.blocks.left` / ``right`` apply them."""
-        layer.a_inv = for_apply(inv.blocks_of(2 * i), layer.a_part, other=layer.g_part.dim)
-        layer.g_inv = for_apply(inv.blocks_of(2 * i + 1), layer.g_part, other=layer.a_part.dim)
+    def _finite_flag(grads: list[torch.Tensor]) -> torch.Tensor:
+        """0-dim bool on the device: every gradient's L2 norm is finite (NaN/Inf propagate into it)."""
+        return torch.stack([n.float() for n in torch._foreach_norm(grads, 2)]).isfinite().all()
+
+    @staticmethod
+    def _grads_finite(grads: list[torch.Tensor], flag: torch.Tensor) -> bool:
+        """Exact host-side check: a non-finite norm is an Inf/NaN entry or an overflow of the sum."""
+        if bool(flag):
+            return True
+        norms = torch.stack([n.float() for n in torch._foreach_norm(grads, 2)]).isfinite().tolist()
+        return all(bool(torch.isfinite(g).all()) for g, ok in zip(grads, norms) if not ok)
+
+    def _hint(self) -> str:
+        lr = self.param_groups[0]["lr"]
+        return (f"Lower the learning rate (lr={lr:g}) or raise the damping "
+                f"(damping={self.schedule.damping(self._step):.3g}, Schedule(damping_init=...))")
+
+    def _count_on_device(self, ok: torch.Tensor) -> None:
+        """Skip counters kept on the device (no host sync): read at the next factor step or check
+        point. ``[skipped, leading run, trailing run, longest run]`` over the steps since then."""
+        if self._device_skips is None:
+            self._device_skips = torch.zeros(4, dtype=torch.int64, device=ok.device)
+            self._device_first, self._device_steps = self._step, 0
+        c, bad = self._device_skips, (~ok).long()
+        c[0] += bad
+        c[1] += bad * (c[1] == self._device_steps).long()
+        c[2] = (c[2] + bad) * bad
+        c[3] = torch.maximum(c[3], c[2])
+        self._device_steps += 1
+
+    def _read_device_skips(self) -> int:
+        """Fold the device counters into the host's; returns how many of those steps were skipped."""
+        if self._device_skips is None:
+            return 0
+        skipped, lead, trail, longest = self._device_skips.tolist()
+        n, self._device_skips = self._device_steps, None
+        k = self._skips
+        k.longest = max(k.longest, longest, k.consecutive + lead)
+        k.consecutive = k.consecutive + n if lead == n else trail
+        k.total += skipped
+        return skipped
+
+    def _report_device_skips(self) -> None:
+        first, last = getattr(self, "_device_first", 0), self._step - 1
+        skipped = self._read_device_skips()
+        if not skipped:
+            return
+        k = self._skips
+        warnings.warn(f"THOR: {skipped} of steps {first}-{last} skipped: gradients contain NaN or Inf "
+                      f"({k.consecutive} in a row now, {k.total} in all)", RuntimeWarning, stacklevel=3)
+        if k.limit is not None and k.longest >= k.limit:
+            raise DivergedError(
+                f"THOR: {k.longest} consecutive steps had NaN or Inf gradients (before step {self._step}): "
+                f"training has diverged. {self._hint()} (max_skipped_steps={k.limit} sets how many skipped "
+                "steps in a row are tolerated)")
 
     # -- the step ----------------------------------------------------------------------------------
-
-    def _preconditioned(self, group_of: dict) -> dict[torch.Tensor, torch.Tensor]:
-        """``G⁻¹ ∇ A⁻¹`` (KL-clipped) for every parameter of the layers that have inverses."""
-        out: dict[torch.Tensor, torch.Tensor] = {}
-        vg = []
-        for layer in self._layers:
-            w, b = layer.weight, layer.bias
-            if layer.a_inv is None or w.grad is None or w not in group_of:
-                continue
-            grad = w.grad.reshape(w.shape[0], -1)
-            if b is not None:
-                bias_grad = b.grad if b.grad is not None else torch.zeros_like(b)
-                grad = torch.cat([grad, bias_grad.reshape(-1, 1)], dim=1)
-            grad = grad.to(self._dtype)
-            v = right(left(layer.g_inv, grad, layer.g_part), layer.a_inv, layer.a_part)
-            if self.kl_clip is not None:
-                vg.append((v * grad).sum() * group_of[w]["lr"] ** 2)
-            cols = w[0].numel()
-            out[w] = v[:, :cols].reshape(w.shape).to(w.dtype)
-            if b is not None and b.grad is not None and b in group_of:
-                out[b] = v[:, cols].to(b.dtype)
-        if vg:
-            nu = torch.sqrt(self.kl_clip / torch.stack(vg).sum()).clamp(max=1.0)
-            out = {p: v * nu.to(v.dtype) for p, v in out.items()}
-        return out
-
-    def _grads_finite(self) -> bool:
-        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        # one fused L2 norm per tensor: finite norms prove finite entries (NaN/Inf propagate); a
-        # non-finite norm is an Inf/NaN entry or an overflow of the sum, told apart exactly
-        if not grads:
-            return True
-        norms = torch.stack(torch._foreach_norm(grads, 2)).isfinite()
-        return bool(norms.all()) or all(bool(torch.isfinite(g).all())
-                                        for g, ok in zip(grads, norms.tolist()) if not ok)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -264,43 +254,42 @@ class THOR(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if not self._grads_finite():
-            warnings.warn(f"THOR: step {self._step} skipped: gradients contain NaN or Inf",
-                          RuntimeWarning, stacklevel=2)
-            self._skipped += 1
-            if self._collector is not None:
-                self._collector.reset()
-            return loss
-        group_of = {p: g for g in self.param_groups for p in g["params"]}
+        grads = self._grads()
+        ok = self._finite_flag(grads) if grads else None
+        capturing = self._collector is not None and self._collector.active
+        host = not self._sync_free or capturing or self._replay or (self._layers and self._step >= self._next_check)
+        if ok is not None and host:
+            self._report_device_skips()
+            skipped = not self._grads_finite(grads, ok)
+            self._skips.record(self._step, skipped, self._hint())
+            if skipped:
+                if self._collector is not None:
+                    self._collector.reset()
+                return loss
+            ok = None
+        elif ok is not None:
+            self._count_on_device(ok)
+        lr_of = {p: g["lr"] for g in self.param_groups for p in g["params"]}
         precond = {}
         if self._layers:
             if self._replay:
-                self._replay_inverses()
+                replay_inverses(self._layers, self.backends)
+                self._replay = False
             if self._collector is not None:
-                if self._collector.active:
+                if capturing:
                     self._fold_factors()
                 self._collector.reset()
             if self._step >= self._next_check:
-                self._check_point()
-            precond = self._preconditioned(group_of)
+                t = self._step
+                if check_point(self._live(), t, math.sqrt(self.schedule.damping(t)), self.backends):
+                    for layer in self._layers:
+                        if layer.trace.frozen:
+                            layer.a = layer.g = None  # its inverses are final: the factors are not needed
+                    self._rebuild_collector()
+                self._next_check = t + self.schedule.interval(t)
+            precond = directions(self._layers, self._dtype, lr_of, graft=self.graft, kl_clip=self.kl_clip)
         for group in self.param_groups:
-            lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-            nesterov = group["nesterov"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d_p = precond.get(p, p.grad)
-                if wd != 0:
-                    d_p = d_p.add(p, alpha=wd)
-                if momentum != 0:
-                    state = self.state[p]
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = torch.clone(d_p).detach()
-                    else:
-                        buf.mul_(momentum).add_(d_p)
-                    d_p = d_p.add(buf, alpha=momentum) if nesterov else buf
-                p.add_(d_p, alpha=-lr)
+            sgd_update(group, self.state, precond, ok)
         self._step += 1
         self._activate()
         return loss
@@ -320,19 +309,23 @@ class THOR(torch.optim.Optimizer):
 
     def stats(self) -> dict:
         """Trace-rule counters per layer, plus the current interval, damping, step and skips."""
+        self._read_device_skips()
         return {
             "layers": {l.name: l.trace.stats() for l in self._layers},
             "interval": self.schedule.interval(self._step), "damping": self.schedule.damping(self._step),
-            "step": self._step, "skipped_steps": self._skipped,
+            "step": self._step, "skipped_steps": self._skips.total,
+            "consecutive_skips": self._skips.consecutive,
         }
 
     _SAVED = ("a", "g", "a_blocks", "g_blocks", "inv_step", "inv_shift")
 
     def state_dict(self) -> dict:
         """The SGD state plus ``"thor"``: counters, running factors, trace state, inverted blocks."""
+        self._read_device_skips()
         sd = super().state_dict()
         sd["thor"] = {
-            "step": self._step, "next_check": self._next_check, "skipped_steps": self._skipped,
+            "step": self._step, "next_check": self._next_check, "skipped_steps": self._skips.total,
+            "skips": self._skips.state(),
             "layers": {l.name: {"a_split": l.a_part.split, "g_split": l.g_part.split,
                                 "trace": l.trace.to_dict(), **{k: getattr(l, k) for k in self._SAVED}}
                        for l in self._layers},
@@ -364,6 +357,7 @@ class THOR(torch.optim.Optimizer):
                 setattr(layer, key, load(s[key], layer.weight.device))
             layer.trace = LayerTrace.from_dict(s["trace"])
             layer.a_inv = layer.g_inv = None
-        self._step, self._next_check, self._skipped = thor["step"], thor["next_check"], thor["skipped_steps"]
+        self._step, self._next_check = thor["step"], thor["next_check"]
+        self._skips.load(thor.get("skips", {"total": thor["skipped_steps"], "consecutive": 0, "longest": 0}))
         self._replay = True
         self._rebuild_collector()

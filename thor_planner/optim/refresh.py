@@ -1,0 +1,71 @@
+"""Refreshing THOR's inverses: the trace rule at a check point, one batched inversion per block
+size for the layers it sends to "update", and re-inverting saved blocks after a checkpoint load.
+
+At a check point every live layer with factors gets the trace rule (:mod:`.trace`) on its traces;
+the layers to update are inverted together, one :func:`~thor_planner.inversion.invert_groups` call
+per block size, with ``shift = sqrt(damping(t))`` added to every factor's diagonal (as MindSpore's
+THOR does); kept inverses keep the damping they were computed with. The undamped blocks each
+inversion used are kept so a checkpoint can rebuild the inverses without storing them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from thor_planner.inversion.backends import invert_groups
+from thor_planner.optim.blocks import for_apply, group_packed, pack, packed_trace
+from thor_planner.optim.layer import Layer
+from thor_planner.optim.trace import STOP, UPDATE
+from thor_planner.partition import BlockGroups
+
+
+def invert(layers: list[Layer], factors: list[torch.Tensor], shift: float,
+           backends) -> tuple[BlockGroups, BlockGroups]:
+    """Invert ``factors`` (A, G of each layer in turn), one call per block size: (blocks, inverses)."""
+    parts = [p for l in layers for p in (l.a_part, l.g_part)]
+    groups = group_packed(factors, parts)
+    return groups, invert_groups(groups, shift, backends)
+
+
+def set_inverses(layer: Layer, inv: BlockGroups, i: int) -> None:
+    """Layer ``i`` of an inversion: its inverses, held as :func:`.blocks.left` / ``right`` apply them."""
+    layer.a_inv = for_apply(inv.blocks_of(2 * i), layer.a_part, other=layer.g_part.dim)
+    layer.g_inv = for_apply(inv.blocks_of(2 * i + 1), layer.g_part, other=layer.a_part.dim)
+
+
+def check_point(live: list[Layer], step: int, shift: float, backends) -> bool:
+    """The trace rule for every ``live`` layer with factors, then the batched inversion of those to
+    update; returns whether any layer was frozen ("stop")."""
+    ready = [l for l in live if l.a is not None]
+    if not ready:
+        return False
+    traces = torch.stack([torch.stack([packed_trace(l.a, l.a_part), packed_trace(l.g, l.g_part)])
+                          for l in ready]).tolist()
+    todo, froze = [], False
+    for layer, (ta, tg) in zip(ready, traces):
+        decision = layer.trace.check(ta, tg, layer.a_part.dim, layer.g_part.dim, shift,
+                                     layer.omega1, layer.omega2)
+        todo += [layer] if decision == UPDATE else []
+        froze |= decision == STOP
+    if todo:
+        groups, inv = invert(todo, [f for l in todo for f in (l.a, l.g)], shift, backends)
+        for i, layer in enumerate(todo):
+            layer.a_blocks = [b.clone() for b in groups.blocks_of(2 * i)]
+            layer.g_blocks = [b.clone() for b in groups.blocks_of(2 * i + 1)]
+            set_inverses(layer, inv, i)
+            layer.inv_step, layer.inv_shift = step, shift
+    return froze
+
+
+def replay_inverses(layers: list[Layer], backends) -> None:
+    """After loading: recompute every layer's inverses from the saved blocks, grouped as inverted."""
+    by_step: dict[int, list[Layer]] = {}
+    for layer in layers:
+        if layer.a_blocks is not None:
+            by_step.setdefault(layer.inv_step, []).append(layer)
+    for step in sorted(by_step):
+        group = by_step[step]
+        factors = [pack(blocks) for l in group for blocks in (l.a_blocks, l.g_blocks)]
+        _, inv = invert(group, factors, group[0].inv_shift, backends)
+        for i, layer in enumerate(group):
+            set_inverses(layer, inv, i)
