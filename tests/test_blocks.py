@@ -24,11 +24,12 @@ def block_mask(dim: int, split: int) -> torch.Tensor:
     return torch.block_diag(*[torch.ones(s, s, dtype=torch.float64) for s in partition(dim, split).sizes()])
 
 
+@pytest.mark.parametrize("dense", [False, True])
 @pytest.mark.parametrize(("dim", "split"), [(37, 4), (32, 8), (10, 16), (1, 1), (9, 1)])
-def test_packed_gram_is_the_block_diagonal_of_the_gram(dim, split) -> None:
+def test_packed_gram_is_the_block_diagonal_of_the_gram(dim, split, dense) -> None:
     part = partition(dim, split)
     rows = torch.randn(50, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(dim))
-    packed = packed_gram(rows, part)
+    packed = packed_gram(rows, part, dense=dense)
     assert packed.shape == (packed_size(part),)
     dense = rows.T @ rows
     blocks = unpack(packed, part)

@@ -284,3 +284,60 @@ def test_no_host_sync_in_a_step_that_neither_captures_nor_checks() -> None:
         opt.step()  # step 1
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+class TinyTransformer(nn.Module):
+    """Embedding → one attention block (separate Q/K/V) → MLP → output head, on (B, T) token ids."""
+
+    def __init__(self, vocab=11, dim=8, hidden=12):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm = nn.LayerNorm(dim)
+        self.up, self.down = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, ids):
+        h = self.embed(ids)
+        att = torch.softmax(self.q(h) @ self.k(h).transpose(1, 2) / h.shape[-1] ** 0.5, dim=-1)
+        h = self.norm(h + self.o(att @ self.v(h)))
+        h = h + self.down(torch.relu(self.up(h)))
+        return self.head(h)
+
+
+def test_thor_on_a_tiny_transformer_equals_per_token_kfac() -> None:
+    """One raw (ungrafted), dense THOR step against K-FAC written plainly with per-token factors."""
+    torch.manual_seed(8)
+    model = TinyTransformer().double()
+    ref = copy.deepcopy(model)
+    ids, labels = torch.randint(0, 11, (3, 5)), torch.randint(0, 11, (3, 5))
+    lr, shift = 0.1, 0.03 ** 0.5
+    opt = THOR(model, schedule=EVERY_STEP, lr=lr, momentum=0.0, graft=None)
+    F.cross_entropy(model(ids).reshape(-1, 11), labels.reshape(-1)).backward()
+    opt.step()
+
+    linears = {n: m for n, m in ref.named_modules() if isinstance(m, nn.Linear)}
+    inputs, outputs = {}, {}
+    for name, m in linears.items():
+        def hook(mod, i, o, name=name):
+            inputs[name] = i[0].detach()
+            o.retain_grad()
+            outputs[name] = o
+        m.register_forward_hook(hook)
+    F.cross_entropy(ref(ids).reshape(-1, 11), labels.reshape(-1)).backward()
+    tokens = ids.numel()
+    with torch.no_grad():
+        for name, m in linears.items():
+            a_rows = torch.cat([inputs[name].reshape(tokens, -1), torch.ones(tokens, 1, dtype=torch.float64)], 1)
+            g_rows = tokens * outputs[name].grad.reshape(tokens, -1)  # per-token gradient of its own loss
+            a = a_rows.T @ a_rows / tokens
+            g = g_rows.T @ g_rows / tokens
+            grad = torch.cat([m.weight.grad, m.bias.grad[:, None]], 1)
+            u = torch.linalg.inv(g + shift * torch.eye(g.shape[0], dtype=torch.float64)) @ grad @ torch.linalg.inv(
+                a + shift * torch.eye(a.shape[0], dtype=torch.float64))
+            m.weight -= lr * u[:, :-1]
+            m.bias -= lr * u[:, -1]
+        for p in (ref.embed.weight, ref.norm.weight, ref.norm.bias):
+            p -= lr * p.grad
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-9, msg=name)

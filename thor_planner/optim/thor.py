@@ -81,13 +81,15 @@ class THOR(torch.optim.Optimizer):
             ``torch-cholesky``.
         max_skipped_steps: consecutive NaN/Inf steps tolerated before :class:`DivergedError`
             (``None``: never raise).
+        capture_tf32: on CUDA, compute each factor's Gram as one TF32 GEMM and take its blocks
+            (:class:`~thor_planner.optim.blocks.BlockFactorCollector`); ``False``: float32 products.
     """
 
     def __init__(self, model: nn.Module, plan: Plan | None = None, *, lr: float, momentum: float = 0.9,
                  weight_decay: float = 0.0, nesterov: bool = False, split: int | None = None,
                  graft: str | None = "sgd", schedule: Schedule | None = None, precondition: bool = True,
                  kl_clip: float | None = None, grad_scaler=None, backends: str | Mapping[int, str] | None = None,
-                 max_skipped_steps: int | None = 10):
+                 max_skipped_steps: int | None = 10, capture_tf32: bool = True):
         for what, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
             if not value >= 0:
                 raise ValueError(f"Invalid {what}={value}: must be >= 0")
@@ -117,6 +119,7 @@ class THOR(torch.optim.Optimizer):
                        for sp in find_layers(model)[0]]
         self.backends = backends if backends is not None else DEFAULT_BACKEND
         self.graft, self.kl_clip, self.grad_scaler, self.precondition = graft, kl_clip, grad_scaler, precondition
+        self.capture_tf32 = capture_tf32
         specs = {sp.name: sp for sp in layer_specs(model)}
         modules = dict(model.named_modules())
         self._model = model
@@ -151,7 +154,7 @@ class THOR(torch.optim.Optimizer):
         live = self._live()
         self._collector = BlockFactorCollector(
             self._model, [self._specs[l.name] for l in live], {l.name: (l.a_part, l.g_part) for l in live},
-            dtype=self._dtype) if live else None
+            dtype=self._dtype, tf32=self.capture_tf32) if live else None
         self._activate()
 
     def _activate(self) -> None:
