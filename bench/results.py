@@ -1,7 +1,9 @@
-"""Each benchmark owns one section of bench/RESULTS.md, replaced in place when it runs again."""
+"""Each benchmark owns one section of bench/RESULTS.md, replaced in place when it runs again, and
+its figures as bench/results/<name>.json."""
 
 from __future__ import annotations
 
+import json
 import platform
 import re
 from pathlib import Path
@@ -27,3 +29,16 @@ def write_section(name: str, body: str) -> None:
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     RESULTS.write_text(text)
     print(body)
+
+
+def write_json(name: str, data: dict) -> Path:
+    """``bench/results/<name>.json`` (written atomically), with the time it was written."""
+    from thor_planner.utils.atomic import atomic_write_text
+
+    import datetime as _dt
+
+    path = RESULTS.with_name("results") / f"{name}.json"
+    path.parent.mkdir(exist_ok=True)
+    data = {"written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **data}
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+    return path
