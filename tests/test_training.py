@@ -51,7 +51,7 @@ def invoke(*args):
         ({"batch_size": 0}, "Invalid batch_size=0: must be >= 1"),
         ({"weight_decay": -1.0}, "Invalid weight_decay=-1.0: must be >= 0"),
         ({"momentum": 1.0}, "Invalid momentum=1.0: must be in [0, 1)"),
-        ({"optimizer": "lbfgs"}, "Invalid optimizer='lbfgs': use thor, thor-128, kfac, sgd or adamw"),
+        ({"optimizer": "lbfgs"}, "Invalid optimizer='lbfgs': use thor, thor-128, kfac, sgd, adamw or mlbfgs"),
         ({"model": "vgg"}, "Invalid model='vgg': use cnn, mlp, mlp-wide or resnet18"),
         ({"data": "mnist"}, "Invalid data='mnist': use digits or synthetic"),
         ({"lr_schedule": "step"}, "Invalid lr_schedule='step': use cosine or constant"),

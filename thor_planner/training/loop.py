@@ -4,15 +4,19 @@
 
 - **Models** (all 10 classes, 1×8×8 inputs): ``cnn`` and ``mlp`` (the built-ins), ``mlp-wide``
   (the mlp with 512 hidden units, where block splits below the factor dimension actually bite),
-  ``resnet18`` (torchvision layout, ``in_channels=1``).
+  ``resnet18`` (torchvision layout, ``in_channels=1``); and ``bert-tiny``, a masked LM on 128
+  byte-level tokens (:mod:`thor_planner.inputs.transformer`), which takes the token data.
 - **Data**: ``digits`` (scikit-learn's bundled 8×8 digits, stratified 80/20 split, normalised) or
   ``synthetic`` (a fixed dataset: 2048 train / 512 test standard-normal images labelled by a fixed
-  random linear teacher, ``argmax(x·W)``; the same for every run seed, so it is learnable).
+  random linear teacher, ``argmax(x·W)``; the same for every run seed, so it is learnable); for
+  ``bert-tiny``: ``text`` (Python's bundled documentation, 90/10 split of sequences, BERT's 15%
+  masking fixed once) or ``tokens`` (uniform random tokens, nothing to learn); loss and accuracy
+  are then over the masked tokens (:mod:`thor_planner.inputs.text`).
 - **Optimizers**: ``thor`` (the plan's per-layer splits; without a plan the model is profiled first
   — two batches, 0.05 s of timing per candidate — and planned with the crossover rule), ``thor-128``
   (every factor split at 128, no plan), ``kfac`` (dense, unsplit factors), ``sgd`` (momentum 0.9),
-  ``adamw``. THOR variants use momentum 0.9 and the default :class:`~thor_planner.plan.Schedule`
-  (or the plan's).
+  ``adamw``, ``mlbfgs`` (momentum-based L-BFGS, :mod:`thor_planner.optim.mlbfgs`). THOR variants use
+  momentum 0.9 and the default :class:`~thor_planner.plan.Schedule` (or the plan's, or ``schedule``).
 - **Schedule**: the same for every optimizer: cosine decay of the learning rate from ``lr`` to 0
   over ``epochs`` (per step), or ``constant``.
 - **Clock**: ``seconds`` counts training iterations only (forward, backward, optimizer and LR
@@ -40,17 +44,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from thor_planner.inputs import models
+from thor_planner.planning.plan import Schedule
 from thor_planner.utils.errors import UserError
 from thor_planner.utils.progress import Progress
 
-MODELS = ("cnn", "mlp", "mlp-wide", "resnet18")
-DATA = ("digits", "synthetic")
-OPTIMIZERS = ("thor", "thor-128", "kfac", "sgd", "adamw")
+MODELS = ("cnn", "mlp", "mlp-wide", "resnet18", "bert-tiny")
+DATA = ("digits", "synthetic", "text", "tokens")
+#: Masked-LM models take token data (``text``, ``tokens``); the others take 1×8×8 images.
+TOKEN_MODELS, TOKEN_DATA = ("bert-tiny",), ("text", "tokens")
+OPTIMIZERS = ("thor", "thor-128", "kfac", "sgd", "adamw", "mlbfgs")
 THOR_VARIANTS = ("thor", "thor-128", "kfac")
 LR_SCHEDULES = ("cosine", "constant")
 #: Learning rates used when ``lr`` is None: the best of bench/convergence.py's grid for the cnn on digits
-#: (THOR variants diverge there from about 0.02).
-DEFAULT_LR = {"thor": 0.01, "thor-128": 0.01, "kfac": 0.01, "sgd": 0.1, "adamw": 0.01}
+#: (THOR variants diverge there from about 0.02); mlbfgs is not in that grid (1.0 trains the cnn stably).
+DEFAULT_LR = {"thor": 0.01, "thor-128": 0.01, "kfac": 0.01, "sgd": 0.1, "adamw": 0.01, "mlbfgs": 1.0}
 CSV_COLUMNS = ("epoch", "step", "seconds", "train_loss", "test_loss", "test_accuracy")
 SYNTHETIC_TRAIN, SYNTHETIC_TEST, SYNTHETIC_SEED = 2048, 512, 1234
 PROFILE_BATCHES, PROFILE_BATCH_SIZE, PROFILE_TIME_BUDGET = 2, 32, 0.05
@@ -81,6 +88,11 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     eval_every: int | None = None
     target_accuracy: float | None = None
+    #: THOR variants: overrides the plan's (or the default) damping / interval / trace-threshold schedule.
+    schedule: Schedule | None = None
+    #: ``mlbfgs``: keyword options of :class:`~thor_planner.optim.mlbfgs.MLBFGS` (history_size,
+    #: update_every, damping); its momentum is ``momentum``.
+    mlbfgs_options: dict | None = None
 
     def __post_init__(self) -> None:
         for what, value, options in (("model", self.model, MODELS), ("data", self.data, DATA),
@@ -88,6 +100,9 @@ class TrainConfig:
                                      ("lr_schedule", self.lr_schedule, LR_SCHEDULES)):
             if value not in options:
                 raise TrainConfigError(f"Invalid {what}={value!r}: use {_names(options)}")
+        if (self.model in TOKEN_MODELS) != (self.data in TOKEN_DATA):
+            fits = TOKEN_DATA if self.model in TOKEN_MODELS else tuple(d for d in DATA if d not in TOKEN_DATA)
+            raise TrainConfigError(f"Invalid data={self.data!r} for model {self.model!r}: use {_names(fits)}")
         if self.plan is not None and self.optimizer != "thor":
             raise TrainConfigError(f"Invalid plan='{self.plan}': a plan applies only to optimizer 'thor', "
                                    f"not '{self.optimizer}'")
@@ -104,6 +119,12 @@ class TrainConfig:
             raise TrainConfigError(f"Invalid eval_every={self.eval_every}: must be >= 1 (or None: each epoch)")
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
             raise TrainConfigError(f"Invalid target_accuracy={self.target_accuracy}: must be in (0, 1]")
+        if self.schedule is not None and self.optimizer not in THOR_VARIANTS:
+            raise TrainConfigError(f"Invalid schedule: a schedule applies only to {_names(THOR_VARIANTS)}, "
+                                   f"not '{self.optimizer}'")
+        if self.mlbfgs_options is not None and self.optimizer != "mlbfgs":
+            raise TrainConfigError(f"Invalid mlbfgs_options: they apply only to optimizer 'mlbfgs', "
+                                   f"not '{self.optimizer}'")
 
     @property
     def learning_rate(self) -> float:
@@ -175,7 +196,7 @@ class TrainResult:
 
 #: How :func:`~thor_planner.profiling.profiler.run_profile` names each model (built-in or factory).
 PROFILE_NAMES = {"cnn": "cnn", "mlp": "mlp", "mlp-wide": "thor_planner.inputs.models:mlp_wide",
-                 "resnet18": "thor_planner.inputs.models:resnet18_digits"}
+                 "resnet18": "thor_planner.inputs.models:resnet18_digits", "bert-tiny": "bert-tiny"}
 
 
 def build_model(name: str) -> nn.Module:
@@ -183,6 +204,8 @@ def build_model(name: str) -> nn.Module:
         return models.cnn(num_classes=10, in_channels=1)
     if name == "mlp":
         return models.mlp(num_classes=10)
+    if name == "bert-tiny":
+        return models.bert_tiny()
     return models.mlp_wide() if name == "mlp-wide" else models.resnet18_digits()
 
 
@@ -200,6 +223,10 @@ def load_split(data: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tor
         from thor_planner.inputs.data import digits_split
 
         return digits_split(seed=0)
+    if data in TOKEN_DATA:  # masked inputs, labels -100 where nothing is masked
+        from thor_planner.inputs.text import mlm_split
+
+        return mlm_split(data)
     return synthetic_split()
 
 
@@ -237,30 +264,45 @@ def make_optimizer(config: TrainConfig, model: nn.Module, plan=None) -> torch.op
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    if config.optimizer == "mlbfgs":
+        from thor_planner.optim.mlbfgs import MLBFGS
+
+        return MLBFGS(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd, **(config.mlbfgs_options or {}))
     from thor_planner.optim import THOR
 
     if config.optimizer == "thor":
-        return THOR(model, plan, lr=lr, momentum=momentum, weight_decay=wd)
+        return THOR(model, plan, lr=lr, momentum=momentum, weight_decay=wd, schedule=config.schedule)
     split = 128 if config.optimizer == "thor-128" else None
-    return THOR(model, split=split, lr=lr, momentum=momentum, weight_decay=wd)
+    return THOR(model, split=split, lr=lr, momentum=momentum, weight_decay=wd, schedule=config.schedule)
 
 
 # -------------------------------------------------------------------------------- the loop
 
 
+IGNORE_INDEX = -100
+
+
+def task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the labelled outputs: ``(N, C)`` classes, or ``(B, T, V)`` masked-LM
+    logits over the tokens whose label is not ``IGNORE_INDEX``."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on the whole set, in eval mode."""
+    """(mean cross-entropy, accuracy) on the whole set, in eval mode (masked LM: over masked tokens)."""
     was_training = model.training
     model.eval()
     logits = model(x)
     model.train(was_training)
-    return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+    hit = (logits.argmax(-1) == y)[y != IGNORE_INDEX]  # masked LM: only the masked tokens count
+    return float(task_loss(logits, y)), float(hit.float().mean())
 
 
-def train(config: TrainConfig, progress: Progress = Progress()) -> TrainResult:
+def train(config: TrainConfig, progress: Progress = Progress(), on_eval=None) -> TrainResult:
     """Train as ``config`` says; see the module docstring. Raises :class:`UserError` on bad input
-    (a plan file that is missing or does not match the model: :class:`~thor_planner.plan.PlanError`)."""
+    (a plan file that is missing or does not match the model: :class:`~thor_planner.plan.PlanError`).
+    ``on_eval(record)`` is called after each evaluation; what it raises propagates (a tuner's pruning)."""
     x_train, y_train, x_test, y_test = load_split(config.data)
     plan, profile_seconds = _thor_plan(config, progress) if config.optimizer == "thor" else (None, None)
     torch.manual_seed(config.seed)
@@ -281,7 +323,7 @@ def train(config: TrainConfig, progress: Progress = Progress()) -> TrainResult:
             for idx in torch.randperm(len(y_train), generator=gen).split(config.batch_size):
                 start = time.perf_counter()
                 opt.zero_grad()
-                loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+                loss = task_loss(model(x_train[idx]), y_train[idx])
                 loss.backward()
                 opt.step()
                 if scheduler is not None:
@@ -300,6 +342,8 @@ def train(config: TrainConfig, progress: Progress = Progress()) -> TrainResult:
                                               seconds=seconds, train_loss=loss_sum / loss_count,
                                               test_loss=test_loss, test_accuracy=accuracy))
                     loss_sum, loss_count = 0.0, 0
+                    if on_eval is not None:
+                        on_eval(records[-1])
                     if end_of_epoch:
                         progress.note(f"epoch {epoch}/{config.epochs}: train loss {records[-1].train_loss:.4f}, "
                                       f"test loss {test_loss:.4f}, test accuracy {accuracy:.4f} "
