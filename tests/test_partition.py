@@ -54,7 +54,7 @@ def test_group_by_size_batches_all_factors_and_maps_back():
         assert torch.equal(assemble_blocks(groups.blocks_of(i), p), f * mask(p))
 
 
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("backend", [b for b in sorted(BACKENDS) if b != "cupy"])  # cupy: CUDA tensors only
 def test_every_backend_inverts_damped_blocks(backend):
     factors = [spd(24, 4).float(), spd(17, 5).float()]
     parts = [partition(f.shape[0], 8) for f in factors]

@@ -11,7 +11,11 @@
   synchronisation anywhere.
 * ``cupy``: cupy's batched inverse (cuBLAS ``getrfBatched``/``getriBatched``) on the very memory of
   the torch tensor (zero-copy both ways through DLPack), issued on torch's current CUDA stream via
-  ``cupy.cuda.ExternalStream``, with cupy's linalg error checks set to ``ignore`` (no host sync).
+  ``cupy.cuda.ExternalStream`` (the stream of the stack's own device, looked up with that device
+  explicitly), with cupy's linalg error checks set to ``ignore`` (no host sync). It takes CUDA
+  tensors only and refuses a CPU tensor with a ``ValueError`` that says so; the success mask only
+  flags non-finite results (``getrfBatched`` pivots, so no positive-definiteness test), and the
+  probe residual of :func:`~thor_planner.inversion.backends.invert_stack` checks the rest.
   Registered only when cupy imports and CUDA is available (``pip install thor-plan[cupy]``).
 
 The module is imported at the end of :mod:`thor_planner.inversion`, so these backends are in
@@ -88,13 +92,17 @@ def cupy_available() -> bool:
 
 
 def cupy_inverse(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cupy's batched inverse on ``stack``'s memory, on torch's current CUDA stream (no copies,
-    no host synchronisation)."""
+    """cupy's batched inverse on ``stack``'s memory, on torch's current CUDA stream of the stack's
+    own device (no copies, no host synchronisation). CUDA tensors only: a CPU tensor is refused
+    with a ``ValueError`` naming the device (torch's stream lookup would otherwise fail obscurely)."""
+    if stack.device.type != "cuda":
+        raise ValueError(f"The cupy backend inverts CUDA tensors only, got a tensor on {stack.device}: "
+                         "move the factors to a CUDA device or choose a torch backend")
     import cupy
     import cupyx
 
     stack = stack.contiguous()
-    stream = torch.cuda.current_stream(stack.device)
+    stream = torch.cuda.current_stream(stack.device)  # the stack's device, not the current one
     errstate = getattr(cupyx, "errstate", None)
     quiet = errstate(linalg="ignore") if errstate is not None else contextlib.nullcontext()
     with cupy.cuda.Device(stack.device.index), cupy.cuda.ExternalStream(stream.cuda_stream), quiet:
