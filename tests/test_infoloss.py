@@ -55,3 +55,32 @@ def test_loss_table_layout():
     table = loss_table([("fc", "linear", "a", f), ("fc", "linear", "g", torch.zeros(3, 3))], [1, 16])
     assert list(table.columns) == ["layer", "kind", "factor", "dim", "1", "16"]
     assert table.loc[1, ["1", "16"]].tolist() == [0.0, 0.0]  # an all-zero factor loses nothing
+
+
+def warm_start_trap(s=512, seed=0):
+    """Two s-blocks coupled only through u (block 1's top eigenvector) and v (block 2's *second*
+    eigenvector): the factor's top eigenvector is a mix of u and v, so its restriction to block 2 is
+    block 2's second eigenvector. Block spectra: block 1 top 0.7; block 2 top 0.762, second 0.719."""
+    g = torch.Generator().manual_seed(seed)
+    q1, _ = torch.linalg.qr(torch.randn(s, s, generator=g, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(s, s, generator=g, dtype=torch.float64))
+    rest = torch.linspace(0.5, 0.0, s - 2, dtype=torch.float64)
+    l1 = torch.cat([torch.tensor([0.7, 0.5], dtype=torch.float64), rest])
+    l2 = torch.cat([torch.tensor([0.762, 0.719], dtype=torch.float64), rest])
+    f = torch.block_diag((q1 * l1) @ q1.T, (q2 * l2) @ q2.T)
+    zeros = torch.zeros(s, dtype=torch.float64)
+    u, v = torch.cat([q1[:, 0], zeros]), torch.cat([zeros, q2[:, 1]])
+    f = f + 0.2904 * (torch.outer(u, v) + torch.outer(v, u))
+    return f, q2[:, 1]
+
+
+def test_warm_started_lanczos_does_not_lock_onto_a_blocks_second_eigenvector():
+    f, second = warm_start_trap()
+    values, vectors = torch.linalg.eigh(f)
+    top = vectors[:, -1]
+    assert abs(float((top[512:] / top[512:].norm()) @ second)) > 1 - 1e-9  # the trap is set
+    full = float(values[-1])
+    blocks = max(float(torch.linalg.eigvalsh(f[:512, :512])[-1]), float(torch.linalg.eigvalsh(f[512:, 512:])[-1]))
+    ref = 1 - blocks / full  # float64 eigvalsh: block 2's top eigenvalue, 0.762
+    assert ref == pytest.approx(0.238, abs=1e-3) and 1 - 0.719 / full == pytest.approx(0.281, abs=1e-3)
+    assert factor_losses(f.float(), [512])[0] == pytest.approx(ref, abs=1e-4)

@@ -8,6 +8,18 @@ and λmax(F̂) is the largest λmax of its blocks. Fast path: blocks up to ``DIR
 batched float32 ``eigvalsh``; larger matrices through batched Lanczos with full
 re-orthogonalisation (float32 matrix products, float64 tridiagonal solve), whose residual bound is
 checked; a matrix that has not converged is redone with float64 ``eigvalsh``.
+
+Lanczos start. The whole factor's Lanczos starts from a random vector. Each block's Lanczos is
+warm-started from the restriction of the whole factor's top eigenvector to that block, *mixed in
+equal parts with a random unit vector*. The residual bound only says that the Ritz value is close
+to some eigenvalue, not to the largest: started from the warm vector alone (or with a small random
+part), Lanczos stops at once on a block whose restriction happens to be a lower eigenvector, e.g.
+two 512-blocks where the factor's top vector restricted to block 2 is block 2's *second*
+eigenvector (loss 0.281 instead of 0.238, the case in ``tests/test_infoloss.py``). With the equal
+mix the start's component along the block's true top eigenvector is that of a random start (up to
+a factor ≈ 1/√2), so a warm start cannot make Lanczos lock onto a lower eigenvector any more than a
+random start can, while a good warm vector still carries half the start. On ResNet-50 factors
+(default profile) the mix changed the total Lanczos work by about 1% and the losses by < 1e-6.
 """
 
 from __future__ import annotations
@@ -43,18 +55,20 @@ def _lanczos_lambda_max(
     """Largest eigenvalue of each symmetric matrix in ``stack``, a relative residual bound and the
     Ritz vector.
 
-    ``‖F x − θ x‖ = |β_k y_k|`` bounds the eigenvalue error of the Ritz value θ; the iteration stops
-    as soon as every matrix meets ``LANCZOS_RTOL``. ``start`` (``(n, s)``) warm-starts it, e.g. with
-    the restriction of the whole factor's top eigenvector to each block.
+    ``‖F x − θ x‖ = |β_k y_k|`` bounds the distance from the Ritz value θ to *some* eigenvalue; the
+    iteration stops as soon as every matrix meets ``LANCZOS_RTOL``. ``start`` (``(n, s)``)
+    warm-starts it, e.g. with the restriction of the whole factor's top eigenvector to each block:
+    the start vector is the normalised sum of the unit warm vector and a unit random vector, never
+    the warm vector alone (see the module doc).
     """
     n, s, _ = stack.shape
     steps = min(steps, s)
     gen = torch.Generator(device=stack.device).manual_seed(0)
     q = torch.randn(n, s, generator=gen, device=stack.device, dtype=stack.dtype)
     q = q / q.norm(dim=1, keepdim=True)
-    if start is not None:  # keep a little of the random vector so no start is orthogonal to the answer
+    if start is not None:  # warm and random parts of equal weight (see the module doc)
         warm = start.to(stack.dtype)
-        q = warm / warm.norm(dim=1, keepdim=True).clamp_min(1e-30) + 1e-2 * q
+        q = warm / warm.norm(dim=1, keepdim=True).clamp_min(1e-30) + q
         q = q / q.norm(dim=1, keepdim=True)
     basis = torch.zeros(n, steps, s, dtype=stack.dtype, device=stack.device)
     alpha = torch.zeros(n, steps, dtype=torch.float64, device=stack.device)
