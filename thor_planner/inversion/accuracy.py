@@ -1,7 +1,6 @@
-"""The accuracy check every backend passes before it is timed, and the per-size choice of the
-fastest accurate backend (``--backend auto``).
-
-The accuracy check every backend passes before it is timed or used.
+"""The accuracy check every backend passes before it is timed or used (the per-size choice of the
+fastest accurate backend, ``--backend auto``, is in :mod:`thor_planner.timing.backend_choice`; the
+check of every inverse at run time is the probe residual in :mod:`thor_planner.inversion.backends`).
 
 At block size ``s`` a backend inverts :data:`ACCURACY_BLOCKS` synthetic
 symmetric positive definite blocks in float32 (inputs ``A = Q diag(λ) Qᵀ``, ``Q`` random orthogonal,
