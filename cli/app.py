@@ -5,6 +5,7 @@ Thin by design: parse, call :mod:`thor_planner`, print.
 
 from __future__ import annotations
 
+import shutil
 from enum import Enum
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from thor_planner.profiling.outputs import check_writable, write_profile, write_
 from thor_planner.planning.plan import Plan
 from thor_planner.planning.planner import Rule, RuleConfig, make_plan
 
-from .console import BarProgress, console, err_console, user_errors
+from .console import BarProgress, console, err_console, first_missing, terminate_as_interrupt, user_errors
 from .device_cmd import device_profile_cmd
 
 app = typer.Typer(
@@ -77,11 +78,19 @@ def _parse_candidates(text: str | None) -> tuple[int, ...] | None:
 
 def _summarise(plan: Plan, out: Path | None = None) -> None:
     co = plan.crossover
-    how = f"crossover at b≈{co.x:.0f}" if co.x is not None else f"rule {plan.rule['name']}"
+    crossing = f"crossover at b≈{co.x:.0f}" if co.x is not None else "the curves do not cross"
+    if co.interval is not None and co.x is not None and f"{co.interval[0]:.0f}" != f"{co.interval[1]:.0f}":
+        crossing += f", interval b≈{co.interval[0]:.0f}–{co.interval[1]:.0f}"
+    how = crossing if plan.rule["name"] == "crossover" else f"rule {plan.rule['name']}; {crossing}"
     console.print(f"[bold]Global split {co.split_dim}[/] ({how}) for {len(plan.layers)} layers"
                   + (f", {len(plan.skipped)} skipped" if plan.skipped else ""))
+    if co.tie_break:
+        console.print(escape(f"Note: {co.tie_break}."), highlight=False)
     if co.warning:
         console.print(f"[yellow]Warning:[/] {escape(co.warning)}", highlight=False)
+    busy = plan.device.get("busy")
+    if isinstance(busy, dict) and busy.get("busy") and busy.get("warning"):
+        console.print(f"[yellow]Warning:[/] {escape(str(busy['warning']))}", highlight=False)
     if out is not None:
         console.print(escape(f"Wrote {out}"))
 
@@ -94,13 +103,13 @@ RuleOpt = typer.Option(Rule.crossover, "--rule", help="How to pick the global sp
 
 @app.command()
 def profile(
-    model: str = typer.Option("resnet50", "--model", "-m", help="Built-in (resnet50, resnet18, cnn, mlp), 'pkg.module:factory', or torchvision:/timm: names when they import."),
+    model: str = typer.Option("resnet50", "--model", "-m", help="Built-in (resnet50, resnet18, cnn, mlp, bert-base, bert-tiny), 'pkg.module:factory', or torchvision:/timm:/hf: names when they import."),
     weights: Path = typer.Option(None, "--weights", help="State dict to load (torch.load with weights_only=True)."),
     num_classes: int = typer.Option(None, "--num-classes", help="Classes of the model's head (built-ins and factories that take num_classes)."),
-    data: str = typer.Option("synthetic", "--data", help="'synthetic' (default), 'digits', 'pkg.module:factory' yielding (inputs, labels), or an image folder."),
+    data: str = typer.Option("synthetic", "--data", help="'synthetic' (default; random tokens for token models), 'digits', 'text' or 'tokens' (token models), 'pkg.module:factory' yielding (inputs, labels), or an image folder."),
     batches: int = typer.Option(2, "--batches", help="Batches to capture factors on."),
     batch_size: int = typer.Option(8, "--batch-size", help="Samples per batch."),
-    input_size: int = typer.Option(None, "--input-size", help="Image side for synthetic data (default: the model's, 224 for ResNets)."),
+    input_size: int = typer.Option(None, "--input-size", help="Image side for synthetic data (default: the model's, 224 for ResNets); sequence length for token models (default 128)."),
     seed: int = typer.Option(0, "--seed", help="Seed for data, Fisher label sampling and timing inputs."),
     fisher: FisherChoice = typer.Option(FisherChoice.sampled, "--fisher", help="Labels for G: sampled from the model's output (true Fisher) or the batch labels (empirical)."),
     skip: str = typer.Option(None, "--skip", help="Regex of layer names to leave to SGD."),
@@ -116,6 +125,7 @@ def profile(
     interval: int = IntervalOpt,
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: profiles/<model>-<device>)."),
     save_factors: bool = typer.Option(False, "--save-factors", help="Also write the captured factors (factors.pt; hundreds of MB for ResNet-50)."),
+    refresh_backends: bool = typer.Option(False, "--refresh-backends", help="Check (and for auto, time) the backends again instead of reusing this device's cached choice."),
 ) -> None:
     """Measure a model on this machine and write plan.json, report.html, losses.csv, timings.csv."""
     from thor_planner.timing.device_profile import device_slug, load_device_profile
@@ -136,21 +146,22 @@ def profile(
             batches=batches, batch_size=batch_size, input_size=input_size, seed=seed, fisher=fisher.value,
             skip=skip, device=device.value, candidates=_parse_candidates(candidates), max_split=max_split,
             backend=backend, device_profile=str(device_profile) if device_profile else None,
-            timing=TimingConfig(budget_s=time_budget),
+            timing=TimingConfig(budget_s=time_budget), refresh_backends=refresh_backends,
         )
         dev = resolve_device(cfg.device)
         where = device_slug(target.device) if target is not None else dev.type
         folder = out or Path("profiles") / f"{model.replace(':', '-').replace('/', '-')}-{where}"
-        created = not folder.exists()
-        check_writable(folder)
+        created = first_missing(folder)
         bars = BarProgress()
         try:
-            measurements, captured = run_profile(cfg, bars)
-            plan = make_plan(measurements, rule_cfg)
-            write_profile(folder, measurements, plan, captured if save_factors else None)
+            with terminate_as_interrupt():
+                check_writable(folder)
+                measurements, captured = run_profile(cfg, bars)
+                plan = make_plan(measurements, rule_cfg)
+                write_profile(folder, measurements, plan, captured if save_factors else None)
         except BaseException:
-            if created and folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()  # leave no empty output folder behind a failed run
+            if created is not None and created.is_dir():
+                shutil.rmtree(created, ignore_errors=True)  # a failed run leaves no folder it made
             raise
         total = sum(bars.seconds.values())
         console.print(f"Measured in {total:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in bars.seconds.items())
@@ -191,6 +202,10 @@ def report(
         if not (folder / "plan.json").is_file():
             raise UserError(f"Profile folder '{folder}' lacks plan.json: write it with 'thor-plan plan --from {folder}'")
         plan = Plan.load(folder / "plan.json")
+        if plan.candidates != measurements.candidates:
+            raise UserError(f"'{folder / 'plan.json'}' is for candidates {','.join(map(str, plan.candidates))} but the "
+                            f"measurements for {','.join(map(str, measurements.candidates))}: "
+                            f"re-plan with 'thor-plan plan --from {folder}'")
         check_writable(folder)
         atomic_write_text(folder / "report.html", build_report(plan, measurements.losses, measurements.timings))
         console.print(escape(f"Wrote {folder / 'report.html'}"))
@@ -223,6 +238,10 @@ app.command("device-profile")(device_profile_cmd)
 from .train import train_cmd  # noqa: E402  (the train command lives in its own module)
 
 app.command("train")(train_cmd)
+
+from .tune import tune_cmd  # noqa: E402  (the tune command lives in its own module)
+
+app.command("tune")(tune_cmd)
 
 
 def _is_usage_error(exc: BaseException) -> bool:

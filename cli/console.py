@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -47,6 +50,37 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (same clean-up), with the exit code 143 of a terminated process."""
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (so ``finally`` and ``except`` clean up)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def first_missing(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist yet (what creating it makes)."""
+    missing = None
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing = path
+    return missing
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn a :class:`UserError` into a one-line message and exit code 2."""
@@ -54,6 +88,6 @@ def user_errors() -> Iterator[None]:
         yield
     except UserError as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         err_console.print("Interrupted: nothing was written.")
-        sys.exit(130)
+        sys.exit(143 if isinstance(exc, Terminated) else 130)

@@ -29,6 +29,16 @@ def console_script() -> str:
     return str(beside) if beside.exists() else (shutil.which("thor-plan") or "thor-plan")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_backend_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Backend choices cached by runs under test go to a temporary folder, not the user's cache."""
+    from thor_planner.timing.backend_cache import CACHE_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_profile() -> list[str]:
     """``thor-plan`` arguments for a quick profile of the tiny cnn (add ``--out``)."""

@@ -84,7 +84,8 @@ def test_show_prints_the_plan(profiled_dir: Path) -> None:
     out = result.stdout
     assert out.startswith("cnn (13,706 parameters) on cpu · ")
     assert "data: synthetic, 2×16 samples, Fisher sampled · rule crossover, loss threshold 0.01\n" in out
-    assert re.search(rf"^Global split {plan.split_dim} \(crossover at b≈\d+\) for 4 layers$", out, re.M), out
+    assert re.search(rf"^Global split {plan.split_dim} \(crossover at b≈\d+(, interval b≈\d+–\d+)?\) for 4 layers$",
+                     out, re.M), out
     for lp in plan.layers:
         assert re.search(rf"│ {lp.name} +│ {lp.kind} +│ {lp.a_dim} +│ {lp.a_split} +│", out), out
 
@@ -177,7 +178,7 @@ CUDA_MESSAGE = ("CUDA was asked for (--device cuda) but torch sees no CUDA devic
 
 BAD_PROFILES = [
     (["--model", "nope"],
-     "Unknown model 'nope': use one of cnn, mlp, resnet18, resnet50, or a factory as 'pkg.module:function'"),
+     "Unknown model 'nope': use one of bert-base, bert-tiny, cnn, mlp, resnet18, resnet50, or a factory as 'pkg.module:function'"),
     (["--model", "no_such_module_xyz:make"],
      "Cannot import module 'no_such_module_xyz' for model factory 'no_such_module_xyz:make': "
      "No module named 'no_such_module_xyz'"),
@@ -185,7 +186,7 @@ BAD_PROFILES = [
      "Model factory 'thor_planner.inputs.models:no_such_factory' not found: "
      "module 'thor_planner.inputs.models' has no attribute 'no_such_factory'"),
     (["--model", "[/]x"],  # rich markup in user input is printed as is
-     "Unknown model '[/]x': use one of cnn, mlp, resnet18, resnet50, or a factory as 'pkg.module:function'"),
+     "Unknown model '[/]x': use one of bert-base, bert-tiny, cnn, mlp, resnet18, resnet50, or a factory as 'pkg.module:function'"),
     (["--threshold", "0"], "Invalid --threshold=0: must be in (0, 1), e.g. 0.01 for 1%"),
     (["--threshold", "1.5"], "Invalid --threshold=1.5: must be in (0, 1), e.g. 0.01 for 1%"),
     (["--overhead", "0"], "Invalid --overhead=0: must be > 0, e.g. 0.05 for 5% of a training step"),
@@ -217,7 +218,7 @@ def test_profile_bad_input(tiny_profile: list[str], tmp_path: Path, args: list[s
 def test_profile_failure_keeps_an_existing_folder(profile_copy: Path) -> None:
     before = snapshot(profile_copy)
     assert_fails(invoke("profile", "--model", "nope", "--out", profile_copy),
-                 "Unknown model 'nope': use one of cnn, mlp, resnet18, resnet50, or a factory as 'pkg.module:function'")
+                 "Unknown model 'nope': use one of bert-base, bert-tiny, cnn, mlp, resnet18, resnet50, or a factory as 'pkg.module:function'")
     assert snapshot(profile_copy) == before
 
 

@@ -1,7 +1,8 @@
 import pandas as pd
 import pytest
 
-from thor_planner.planning.rules import budget, crossover, factor_split, loss_fraction, normalized_perf
+from thor_planner.planning.rules import (budget, crossover, crossover_with_spread, factor_split, loss_fraction,
+                                         normalized_perf)
 
 THOR_CANDIDATES = [1, 16, 32, 64, 128, 256, 512, 1024, 2048]
 
@@ -63,3 +64,44 @@ def test_factor_split_rule():
     assert factor_split([0.5, 0.2, 0.005, 0.0, 0.0], cands, 128, 500, 0.01) == 32
     assert factor_split([0.5, 0.2, 0.1, 0.05, 0.02], cands, 64, 500, 0.01) == 64
     assert factor_split([0.5, 0.2, 0.1, 0.05, 0.02], cands, 128, 40, 0.01) == 40  # capped at dim
+
+
+# ------------------------------------------------------------------- uncertainty from the spread
+
+SPAN_CANDIDATES = [1, 128, 256, 512]
+SPAN_FRACTION = [0.0, 0.3, 0.5, 0.9]
+
+
+def test_interval_from_the_timing_spread_and_the_tie_break():
+    # p_1 = 1 s exactly; at 256 the performance is 0.38 at the median, between 0.30 and 0.46 over the
+    # repeats; the others do not spread. Differences loss − perf: −0.1 at 128, then 0.5 − perf at 256.
+    med = [1.0, 2.5, 1 / 0.38, 10.0]
+    lo_s, hi_s = [1.0, 2.5, 1 / 0.46, 10.0], [1.0, 2.5, 1 / 0.30, 10.0]
+    perf = normalized_perf(med)
+    choice = crossover_with_spread(SPAN_CANDIDATES, SPAN_FRACTION, perf, lo_s, hi_s)
+    assert choice.x == pytest.approx(128 + 128 * 0.1 / 0.22)  # ≈ 186: nearest candidate 128
+    low, high = 128 + 128 * 0.1 / 0.30, 128 + 128 * 0.1 / 0.14  # ≈ 170.7 and 219.4
+    assert choice.interval == pytest.approx((low, high))
+    assert choice.spans == (128, 256)
+    # the midpoint 192 splits the interval: 128 holds 192 − low ≈ 21.3, 256 holds high − 192 ≈ 27.4
+    assert choice.split_dim == 256
+    assert choice.tie_break == ("the interval b≈171–219 spans candidates 128, 256: 256 holds the largest "
+                                f"share of it ({(high - 192) / (high - low):.0%})")
+
+
+def test_no_spread_gives_the_plain_crossover():
+    med = [1.0, 2.5, 1 / 0.38, 10.0]
+    perf = normalized_perf(med)
+    plain = crossover(SPAN_CANDIDATES, SPAN_FRACTION, perf)
+    spread = crossover_with_spread(SPAN_CANDIDATES, SPAN_FRACTION, perf, med, med)
+    assert spread.split_dim == plain.split_dim == 128
+    assert spread.interval == pytest.approx((plain.x, plain.x)) and spread.spans == (128,)
+    assert spread.tie_break is None
+
+
+def test_interval_open_at_the_top_when_the_upper_curve_does_not_cross():
+    # the upper performance curve stays above the loss fraction: the interval ends at the last candidate
+    choice = crossover_with_spread([1, 16, 32], [0.0, 0.5, 0.6], normalized_perf([1.0, 1.5, 2.0]),
+                                   [1.0, 1.0, 1.0], [1.0, 3.0, 4.0])
+    assert choice.interval[1] == 32.0
+    assert choice.interval[0] == pytest.approx(1 + 15 * 1 / (1 + 0.5 - 1 / 3))

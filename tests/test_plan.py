@@ -83,6 +83,12 @@ def test_make_plan_crossover(plan: Plan) -> None:
     # each factor: smallest candidate <= 16 under the threshold, else 16, capped at its dimension
     assert splits(plan) == {"conv1": (10, 16), "conv2": (16, 16), "fc1": (16, 16), "fc2": (16, 10)}
     assert plan.layer("conv2").a_loss == 0.5 and plan.layer("conv1").a_loss == 0.0
+    # timing spread: min = 0.9 × median, max = 1.2 × median. Lower perf curve min(p_1)/max(p_16) = 0.25
+    # crosses at 1 + 15 / (1 + 0.375 − 0.25); the upper one max(p_1)/min(p_b) = 4/9 at 16 and 4/15 at 32
+    # crosses between 16 and 32, where the differences are 3/8 − 4/9 and 6/8 − 4/15.
+    d16, d32 = 3 / 8 - 4 / 9, 6 / 8 - 4 / 15
+    assert plan.crossover.interval == pytest.approx([1 + 15 / 1.125, 16 + 16 * -d16 / (d32 - d16)])
+    assert plan.crossover.spans == [16] and plan.crossover.tie_break is None
     assert plan.skipped == [{"name": "head", "reason": "matched --skip 'head'"}]
     assert plan.model["name"] == "cnn" and plan.capture["batch_size"] == 16
 
@@ -92,7 +98,10 @@ def test_make_plan_budget() -> None:
     p = make_plan(small_measurements(), RuleConfig(name=Rule.budget, overhead=0.05, interval=10))
     assert p.rule == {"name": "budget", "loss_threshold": 0.01, "overhead": 0.05, "interval": 10,
                       "step_seconds": 0.002}
-    assert p.split_dim == 64 and p.crossover.x is None and p.crossover.warning is None
+    assert p.split_dim == 64 and p.crossover.warning is None
+    # the curves' crossing is still described (as under the crossover rule), apart from the rule's choice
+    assert p.crossover.x == pytest.approx(1 + 15 / (1 + 3 / 8 - 1 / 3))
+    assert p.crossover.tie_break is None
     assert splits(p) == {"conv1": (10, 16), "conv2": (64, 32), "fc1": (64, 32), "fc2": (32, 10)}
 
 

@@ -2,7 +2,10 @@
 
 ``synthetic`` is random data (fast, but not real statistics), ``digits`` is scikit-learn's bundled
 8x8 digits (no download), a ``'pkg.module:function'`` factory is the user's own data, and a folder
-of class subfolders is read as images when Pillow imports.
+of class subfolders is read as images when Pillow imports. Token models (they declare
+``vocab_size``) take ``text`` (Python's bundled documentation, byte-level, masked-LM targets) or
+synthetic ``tokens`` (also what ``synthetic`` means for them): batches of ``(input_ids, labels)``,
+both ``(B, T)``, labels ``-100`` where no token is masked (:mod:`thor_planner.inputs.text`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Literal
 
 import torch
 
+from thor_planner.inputs import text as text_data
 from thor_planner.utils.errors import UserError
 from thor_planner.utils.imports import accepted_kwargs, import_object
 
@@ -25,6 +29,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DIGITS_SHAPE = (1, 8, 8)
 DIGITS_CLASSES = 10
+IGNORE_LABEL = -100  # cross-entropy's ignore_index (e.g. unmasked tokens of a masked-LM batch)
 
 
 @dataclass
@@ -33,7 +38,7 @@ class BatchSource:
 
     batches: list[Batch]
     description: str
-    kind: Literal["synthetic", "digits", "factory", "folder"]
+    kind: Literal["synthetic", "digits", "factory", "folder", "text"]
 
 
 def synthetic_batches(input_shape: tuple[int, ...], num_classes: int, batch_size: int,
@@ -89,11 +94,48 @@ def digits_batches(batch_size: int, batches: int, seed: int) -> list[Batch]:
     return [(x[i], y[i]) for i in idx.split(batch_size)]
 
 
+def token_batches(data: str, seq_len: int, vocab_size: int, batch_size: int, batches: int,
+                  seed: int) -> list[Batch]:
+    """Masked-LM batches ``(input_ids, labels)`` of ``seq_len`` tokens: from the text's train split
+    (shuffled with ``seed``, cycling if needed) or uniform random byte tokens; masks follow ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    if data == "text":
+        train = text_data.text_split(seq_len)[0]
+        ids = train[_cycled_indices(len(train), batch_size * batches, gen)]
+    else:
+        ids = text_data.random_tokens(batch_size * batches, seq_len, gen, vocab_size)
+    inputs, labels = text_data.mask_tokens(ids, gen, vocab_size)
+    return list(zip(inputs.split(batch_size), labels.split(batch_size)))
+
+
+def _token_source(data: str, input_shape: tuple[int, ...] | None, vocab_size: int | None,
+                  batch_size: int, batches: int, seed: int) -> BatchSource:
+    if vocab_size is None or input_shape is None or len(input_shape) != 1:
+        raise UserError(f"Data '{data}' is token ids, but the model does not take token ids: "
+                        "use --model bert-tiny or bert-base (or a model that declares vocab_size)")
+    if vocab_size < text_data.VOCAB_SIZE:
+        raise UserError(f"Data '{data}' uses a {text_data.VOCAB_SIZE}-token byte vocabulary, but the model's "
+                        f"has {vocab_size}: use --num-classes {text_data.VOCAB_SIZE} or more")
+    seq_len = input_shape[0]
+    source = token_batches(data, seq_len, vocab_size, batch_size, batches, seed)
+    if data == "text":
+        return BatchSource(source, f"text (Python's bundled documentation, byte tokens, {seq_len} per "
+                           "sequence, train split, 15% masked)", "text")
+    return BatchSource(source, f"synthetic tokens (uniform random bytes, {seq_len} per sequence, 15% "
+                       "masked; not real text)", "synthetic")
+
+
 def _describe(item: object) -> str:
     if isinstance(item, (tuple, list)):
         inner = ", ".join(type(v).__name__ for v in item)
         return f"{type(item).__name__} of ({inner})"
     return type(item).__name__
+
+
+def _factory_error(spec: str, exc: Exception) -> UserError:
+    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    return UserError(f"Data factory '{spec}' raised {type(exc).__name__}" + (f" ({first})" if first else "")
+                     + ": fix the factory, or pass other data with --data")
 
 
 def factory_batches(spec: str, batch_size: int, batches: int, seed: int) -> list[Batch]:
@@ -103,14 +145,24 @@ def factory_batches(spec: str, batch_size: int, batches: int, seed: int) -> list
     return an iterable (a DataLoader, a list, a generator) of ``(inputs, labels)`` tensor pairs.
     """
     fn = import_object(spec, "data factory")
-    result = fn(**accepted_kwargs(fn, {"batch_size": batch_size, "seed": seed}))
+    try:
+        result = fn(**accepted_kwargs(fn, {"batch_size": batch_size, "seed": seed}))
+    except Exception as exc:  # noqa: BLE001 - any failure in user code is a user error here
+        raise _factory_error(spec, exc) from None
     if not isinstance(result, Iterable):
         raise UserError(
             f"Data factory '{spec}' must return an iterable of (inputs, labels) pairs, "
             f"got {type(result).__name__}"
         )
     out: list[Batch] = []
-    for item in result:
+    items = iter(result)
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            break
+        except Exception as exc:  # noqa: BLE001 - raised while iterating the user's data
+            raise _factory_error(spec, exc) from None
         if not (isinstance(item, (tuple, list)) and len(item) == 2
                 and all(isinstance(v, torch.Tensor) for v in item)):
             raise UserError(
@@ -177,8 +229,28 @@ def image_folder_batches(path: str, input_size: int | tuple[int, int], batch_siz
     return out
 
 
-def _check_labels(data: str, source: list[Batch], num_classes: int | None) -> None:
-    top = max(int(labels.max()) for _, labels in source)
+def check_batches(data: str, source: list[Batch], num_classes: int | None) -> None:
+    """Refuse batches the profile cannot use: non-finite inputs, labels that are not class indices
+    (integer, >= 0, below ``num_classes`` when known; ``IGNORE_LABEL`` = -100, which cross-entropy
+    skips, is allowed) or not one per sample."""
+    for i, (inputs, labels) in enumerate(source, 1):
+        if inputs.is_floating_point() or inputs.is_complex():
+            if not bool(torch.isfinite(inputs).all()):
+                raise UserError(f"Data '{data}' has NaN or Inf inputs in batch {i}: "
+                                "clean or normalise the data before profiling")
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise UserError(f"Data '{data}' has {str(labels.dtype).removeprefix('torch.')} labels: "
+                            "labels must be integer class indices (torch.long)")
+        if labels.numel() == 0 or len(inputs) == 0 or labels.shape[0] != inputs.shape[0]:
+            raise UserError(f"Data '{data}' batch {i} has {inputs.shape[0] if inputs.dim() else 0} inputs but "
+                            f"labels of shape {tuple(labels.shape)}: give one label per sample")
+    counted = [labels[labels != IGNORE_LABEL] for _, labels in source]  # cross-entropy skips IGNORE_LABEL
+    counted = [c for c in counted if c.numel()] or [torch.zeros(1, dtype=torch.long)]
+    low = min(int(c.min()) for c in counted)
+    if low < 0:
+        raise UserError(f"Data '{data}' has negative labels (down to {low}): labels must be class indices "
+                        "from 0")
+    top = max(int(c.max()) for c in counted)
     if num_classes is not None and top >= num_classes:
         raise UserError(
             f"Data '{data}' has labels up to {top}, but the model has {num_classes} classes: "
@@ -187,13 +259,17 @@ def _check_labels(data: str, source: list[Batch], num_classes: int | None) -> No
 
 
 def load_batches(data: str, *, input_shape: tuple[int, ...] | None, num_classes: int | None,
-                 batch_size: int, batches: int, seed: int) -> BatchSource:
-    """The batches named by ``data``: ``'synthetic'``, ``'digits'``, an image folder, or a factory
-    ``'pkg.module:function'``. ``input_shape`` and ``num_classes`` describe the model."""
+                 batch_size: int, batches: int, seed: int, vocab_size: int | None = None) -> BatchSource:
+    """The batches named by ``data``: ``'synthetic'``, ``'digits'``, ``'text'``, ``'tokens'``, an
+    image folder, or a factory ``'pkg.module:function'``. ``input_shape``, ``num_classes`` and
+    ``vocab_size`` (token models only; ``input_shape`` is then ``(seq_len,)``) describe the model."""
     if batch_size < 1:
         raise UserError(f"Invalid --batch-size={batch_size}: must be >= 1")
     if batches < 1:
         raise UserError(f"Invalid --batches={batches}: must be >= 1")
+    if data in ("text", "tokens") or (data == "synthetic" and vocab_size is not None):
+        return _token_source("tokens" if data == "synthetic" else data, input_shape, vocab_size,
+                             batch_size, batches, seed)
     if data == "synthetic":
         if input_shape is None or num_classes is None:
             raise UserError(
@@ -212,10 +288,15 @@ def load_batches(data: str, *, input_shape: tuple[int, ...] | None, num_classes:
         source = digits_batches(batch_size, batches, seed)
         if input_shape is not None and tuple(input_shape) != DIGITS_SHAPE:
             source = [(x.reshape(len(x), *input_shape), y) for x, y in source]
-        _check_labels(data, source, num_classes)
+        check_batches(data, source, num_classes)
         return BatchSource(source, "digits (scikit-learn 8x8 handwritten digits, train split)",
                            "digits")
     if os.path.isdir(data):
+        if not _list_images(data)[0]:
+            raise UserError(
+                f"Data folder '{data}' has no images: pass a folder with one subfolder of images "
+                "per class"
+            )
         if input_shape is not None and (len(input_shape) != 3 or input_shape[0] != 3):
             raise UserError(
                 f"Image folder '{data}' gives 3-channel images, but the model expects input "
@@ -223,14 +304,15 @@ def load_batches(data: str, *, input_shape: tuple[int, ...] | None, num_classes:
             )
         size = (input_shape[1], input_shape[2]) if input_shape is not None else (224, 224)
         source = image_folder_batches(data, size, batch_size, batches, seed)
-        _check_labels(data, source, num_classes)
+        check_batches(data, source, num_classes)
         count, classes = (len(v) for v in _list_images(data))
         return BatchSource(source, f"image folder '{data}' ({count} images in {classes} classes)",
                            "folder")
     if ":" in data:
-        return BatchSource(factory_batches(data, batch_size, batches, seed),
-                           f"factory '{data}'", "factory")
+        source = factory_batches(data, batch_size, batches, seed)
+        check_batches(data, source, num_classes)
+        return BatchSource(source, f"factory '{data}'", "factory")
     raise UserError(
-        f"Unknown data '{data}': use 'synthetic', 'digits', a factory 'pkg.module:function' "
-        "or an image folder"
+        f"Unknown data '{data}': use 'synthetic', 'digits', 'text', 'tokens', a factory "
+        "'pkg.module:function' or an image folder"
     )

@@ -1,4 +1,5 @@
-"""Models to profile: built-ins, user factories, and torchvision/timm models when they import.
+"""Models to profile: built-ins, user factories, and torchvision/timm/Hugging Face models when they
+import. The BERT masked LMs (``bert-base``, ``bert-tiny``) live in :mod:`.transformer`.
 
 The ResNets are defined here (torchvision does not have to import) with exactly torchvision's
 module names, parameter shapes and initialisation, so a torchvision ``state_dict`` loads into them
@@ -10,12 +11,13 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from thor_planner.inputs.transformer import bert_base, bert_tiny, hf_model, planner_skips
 from thor_planner.utils.errors import UserError
 from thor_planner.utils.imports import accepted_kwargs, import_object
 
@@ -197,10 +199,12 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
         ModelSpec("mlp", mlp, (64,), 10, "three-layer perceptron on 64 features (digits)"),
         ModelSpec("resnet18", resnet18, (3, 224, 224), 1000, "ResNet-18 (torchvision layout)"),
         ModelSpec("resnet50", resnet50, (3, 224, 224), 1000, "ResNet-50 v1.5 (torchvision layout)"),
+        ModelSpec("bert-base", bert_base, (128,), 30522, "BERT-base masked LM on 128 token ids (vocab 30522)"),
+        ModelSpec("bert-tiny", bert_tiny, (128,), 261, "BERT-tiny masked LM on 128 byte-level token ids"),
     )
 }
 
-Source = Literal["builtin", "factory", "torchvision", "timm"]
+Source = Literal["builtin", "factory", "torchvision", "timm", "hf"]
 
 
 @dataclass
@@ -213,6 +217,10 @@ class LoadedModel:
     input_shape: tuple[int, ...] | None
     num_classes: int | None
     num_params: int
+    #: Token models (the model declares ``vocab_size``): inputs are ids in ``[0, vocab_size)``.
+    vocab_size: int | None = None
+    #: Layers the planner leaves to the first-order update, with the reason (token models only).
+    planner_skips: dict[str, str] = field(default_factory=dict)
 
 
 def _last_linear_out(model: nn.Module) -> int | None:
@@ -273,6 +281,18 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _is_torch_save_file(path: str) -> bool:
+    """A zip archive (``torch.save`` since 1.6) or a pickle (the legacy format, protocol 2+)."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+    except OSError:
+        return True  # let torch.load report the I/O error
+
+
 def load_weights(model: nn.Module, path: str, name: str) -> None:
     """Load a state dict file into ``model`` strictly, raising :class:`UserError` on any problem.
 
@@ -280,6 +300,9 @@ def load_weights(model: nn.Module, path: str, name: str) -> None:
     """
     if not os.path.isfile(path):
         raise UserError(f"Weights file '{path}' not found: pass an existing file to --weights")
+    if not _is_torch_save_file(path):
+        raise UserError(f"Cannot read weights file '{path}': it is not a PyTorch file: pass a state dict written by "
+                        "torch.save(model.state_dict(), PATH)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle, zip and IO errors all mean "unreadable"
@@ -311,8 +334,9 @@ def load_weights(model: nn.Module, path: str, name: str) -> None:
 
 def load_model(name: str, *, num_classes: int | None = None,
                weights: str | None = None) -> LoadedModel:
-    """Build the model ``name``: a built-in, ``'pkg.module:factory'``, ``'torchvision:NAME'`` or
-    ``'timm:NAME'``; then load ``weights`` (a state dict file) strictly if given."""
+    """Build the model ``name``: a built-in, ``'pkg.module:factory'``, ``'torchvision:NAME'``,
+    ``'timm:NAME'`` or ``'hf:NAME-or-config'`` (a masked LM, :func:`~thor_planner.inputs.transformer.
+    hf_model`); then load ``weights`` (a state dict file) strictly if given."""
     input_shape: tuple[int, ...] | None
     source: Source
     if num_classes is not None and num_classes < 1:
@@ -326,6 +350,9 @@ def load_model(name: str, *, num_classes: int | None = None,
         source = "torchvision" if name.startswith("torchvision:") else "timm"
         cfg = getattr(model, "pretrained_cfg", None) or {}  # timm records its input size
         input_shape = tuple(cfg.get("input_size", (3, 224, 224)))
+    elif name.startswith("hf:"):
+        model, source = hf_model(name[3:], num_classes), "hf"
+        input_shape = model.input_shape
     elif ":" in name:
         model, input_shape = _from_factory(name, num_classes)
         source = "factory"
@@ -336,11 +363,15 @@ def load_model(name: str, *, num_classes: int | None = None,
         )
     if weights is not None:
         load_weights(model, weights, name)
+    vocab = getattr(model, "vocab_size", None)
+    vocab = vocab if isinstance(vocab, int) and not isinstance(vocab, bool) else None
     return LoadedModel(
         model=model,
         name=name,
         source=source,
         input_shape=input_shape,
-        num_classes=num_classes if num_classes is not None else _last_linear_out(model),
+        num_classes=num_classes if num_classes is not None else (vocab or _last_linear_out(model)),
         num_params=sum(p.numel() for p in model.parameters()),
+        vocab_size=vocab,
+        planner_skips=planner_skips(model) if vocab is not None else {},
     )

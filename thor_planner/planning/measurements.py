@@ -32,6 +32,26 @@ def _whole(column: pd.Series, minimum: int) -> bool:
     return bool(values.notna().all() and (values >= minimum).all() and (values == values.round()).all())
 
 
+def _as_int(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("inf")
+
+
+def _check_complete_rows(path: Path, timings: pd.DataFrame) -> None:
+    """Every timings row has every field, and the seconds are positive with min <= median <= max."""
+    for i, row in enumerate(timings[TIMING_COLUMNS].itertuples(index=False)):
+        values = row._asdict()
+        lacking = [k for k, v in values.items() if v is None or (isinstance(v, float) and pd.isna(v))]
+        if lacking:
+            raise UserError(f"Line {i + 3} of '{path}' lacks {', '.join(lacking)}: re-create it with 'thor-plan profile'")
+        secs = pd.to_numeric(pd.Series([values["min_s"], values["median_s"], values["max_s"]]), errors="coerce")
+        if secs.isna().any() or not (0 < secs[0] <= secs[1] <= secs[2]):
+            raise UserError(f"Line {i + 3} of '{path}' needs positive seconds with min_s <= median_s <= max_s: "
+                            "re-create it with 'thor-plan profile'")
+
+
 @dataclass
 class Measurements:
     losses: pd.DataFrame
@@ -91,15 +111,17 @@ class Measurements:
             lacking = [c for c in cols if c not in frame.columns]
             if lacking:
                 raise UserError(f"'{folder / name}' lacks columns {', '.join(lacking)}: re-create it with 'thor-plan profile'")
+        _check_complete_rows(paths[TIMINGS_CSV], timings)
         column = timings["candidate"]
         seconds = pd.to_numeric(timings["median_s"], errors="coerce")
         if not (_whole(column, 1) and column.is_monotonic_increasing and column.is_unique and (seconds > 0).all()):
             raise UserError(f"'{paths[TIMINGS_CSV]}' needs increasing integer candidates >= 1 and positive "
                             "median_s: re-create it with 'thor-plan profile'")
         cands = [str(int(c)) for c in timings["candidate"]]
-        lacking = [c for c in cands if c not in losses.columns]
-        if lacking or len(timings) == 0 or len(losses) == 0:
-            raise UserError(f"'{folder}' has losses and timings for different candidates: re-run 'thor-plan profile'")
+        loss_cands = [c for c in losses.columns if c not in LOSS_COLUMNS]
+        if sorted(loss_cands, key=_as_int) != cands or len(timings) == 0 or len(losses) == 0:
+            raise UserError(f"'{folder}' has losses for candidates {','.join(loss_cands) or 'none'} but timings for "
+                            f"{','.join(cands) or 'none'}: re-run 'thor-plan profile'")
         per_layer = losses.groupby("layer", sort=False)["factor"].apply(sorted)
         if not _whole(losses["dim"], 1) or not losses["kind"].isin(["conv2d", "linear"]).all() \
                 or not all(f == ["a", "g"] for f in per_layer):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from thor_planner.utils.atomic import atomic_write_text
+from thor_planner.utils.damping import DEFAULT_DAMPING, factor_shift
 from thor_planner.utils.errors import UserError
 from thor_planner.utils.fields import FieldReader
 
@@ -67,6 +68,25 @@ def _str(d: dict, key: str, path: str, optional=False) -> str | None:
     return v
 
 
+def _interval(co: dict) -> list[float] | None:
+    v = _get_optional(co, "interval", "crossover")
+    if v is None:
+        return None
+    if not (isinstance(v, list) and len(v) == 2 and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in v) and v[0] <= v[1]):
+        _fail("crossover.interval", v, "must be [low, high] with low <= high, or null")
+    return [float(b) for b in v]
+
+
+def _spans(co: dict, cands: list[int]) -> list[int] | None:
+    v = _get_optional(co, "spans", "crossover")
+    if v is None:
+        return None
+    if not (isinstance(v, list) and all(c in cands and not isinstance(c, bool) for c in v)):
+        _fail("crossover.spans", v, "must be a list of candidates, or null")
+    return list(v)
+
+
 @dataclass(frozen=True, kw_only=True)
 class LayerPlan:
     """One preconditioned layer: its factor dimensions, splits and trace thresholds."""
@@ -98,9 +118,13 @@ class LayerPlan:
             _fail(f"{path}.kind", kind, "must be 'conv2d' or 'linear'")
         omega1 = _num(d, "omega1", path, 0.0, math.inf)
         omega2 = _num(d, "omega2", path, 0.0, omega1)
+        a_dim, g_dim = _int(d, "a_dim", path, 1), _int(d, "g_dim", path, 1)
+        for which, dim in (("a", a_dim), ("g", g_dim)):
+            split = _int(d, f"{which}_split", path, 1)
+            if split > dim:
+                _fail(f"{path}.{which}_split", split, f"must be an integer in [1, {which}_dim={dim}]")
         return cls(
-            name=_str(d, "name", path), kind=kind,
-            a_dim=_int(d, "a_dim", path, 1), g_dim=_int(d, "g_dim", path, 1),
+            name=_str(d, "name", path), kind=kind, a_dim=a_dim, g_dim=g_dim,
             a_split=_int(d, "a_split", path, 1), g_split=_int(d, "g_split", path, 1),
             a_loss=_num(d, "a_loss", path, 0.0, 1.0), g_loss=_num(d, "g_loss", path, 0.0, 1.0),
             omega1=omega1, omega2=omega2,
@@ -125,7 +149,7 @@ class Schedule:
     measure the effect.
     """
 
-    damping_init: float = 0.03
+    damping_init: float = DEFAULT_DAMPING
     damping_decay: float = 0.5
     damping_decay_steps: int = 10_000
     factor_every: int = 10
@@ -158,6 +182,10 @@ class Schedule:
 
     def damping(self, step: int) -> float:
         return self.damping_init * self.damping_decay ** (step / self.damping_decay_steps)
+
+    def shift(self, step: int) -> float:
+        """What the runtime adds to each factor's diagonal at ``step``: ``factor_shift(damping(step))``."""
+        return factor_shift(self.damping(step))
 
     def interval(self, step: int) -> int:
         grown = self.interval_initial * self.interval_growth ** (step // self.interval_grow_every)
@@ -193,10 +221,22 @@ class Schedule:
 
 @dataclass(frozen=True, kw_only=True)
 class Crossover:
+    """Where the curves cross and the global split the rule chose.
+
+    ``x``, ``y``: the crossing of the median curves (``None`` when they do not cross), whatever the
+    rule. ``split_dim``: the rule's global split. ``interval``: ``[low, high]`` in b, the crossings
+    the timing spread allows; ``spans``: the candidates nearest to points of that interval;
+    ``tie_break``: how the crossover rule chose among them when they are several (``None`` otherwise).
+    The last three are ``None`` in plans written before they existed.
+    """
+
     x: float | None
     y: float | None
     split_dim: int
     warning: str | None = None
+    interval: list[float] | None = None
+    spans: list[int] | None = None
+    tie_break: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -268,10 +308,14 @@ class Plan:
         crossover = Crossover(
             x=_num(co, "x", "crossover", optional=True), y=_num(co, "y", "crossover", optional=True),
             split_dim=_int(co, "split_dim", "crossover", 1), warning=_str(co, "warning", "crossover", optional=True),
+            interval=_interval(co), spans=_spans(co, cands),
+            tie_break=_str(co, "tie_break", "crossover", optional=True),
         )
         raw_layers = _get(d, "layers", "")
         if not isinstance(raw_layers, list):
             _fail("layers", raw_layers, "must be a list")
+        if not raw_layers:
+            _fail("layers", raw_layers, "must list at least one layer (a plan preconditions something)")
         layers = [LayerPlan.from_dict(lp, f"layers[{i}]") for i, lp in enumerate(raw_layers)]
         first_index: dict[str, int] = {}
         for i, lp in enumerate(layers):

@@ -1,4 +1,9 @@
-"""From measurements to a plan: the global split by a rule, then each factor's split."""
+"""From measurements to a plan: the global split by a rule, then each factor's split.
+
+The plan's ``crossover`` always describes where the curves cross (``x``, ``y``, the timing-spread
+``interval`` and the candidates it ``spans``), whichever rule chose; ``split_dim`` is the global
+split the rule chose (for ``budget``, not the crossing's nearest candidate).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from thor_planner.version import __version__
-from thor_planner.planning.rules import budget, crossover, factor_split, loss_fraction, normalized_perf
+from thor_planner.planning.rules import budget, crossover_with_spread, factor_split, loss_fraction, normalized_perf
 from thor_planner.utils.errors import UserError
 from thor_planner.planning.measurements import Measurements
 from thor_planner.planning.plan import Crossover, LayerPlan, Plan, Schedule
@@ -43,8 +48,10 @@ def make_plan(m: Measurements, rule: RuleConfig = RuleConfig(), schedule: Schedu
     frac = loss_fraction(m.losses, cands, rule.loss_threshold)
     perf = normalized_perf(seconds)
     rule_info: dict = {"name": rule.name.value, "loss_threshold": rule.loss_threshold}
+    crossing = crossover_with_spread(cands, frac, perf, [float(v) for v in m.timings["min_s"]],
+                                     [float(v) for v in m.timings["max_s"]])
     if rule.name is Rule.crossover:
-        choice = crossover(cands, frac, perf)
+        choice = crossing
     else:
         if m.meta.get("step_seconds") is None:
             raise UserError("The budget rule needs a training step timed on the target device; timings "
@@ -75,6 +82,9 @@ def make_plan(m: Measurements, rule: RuleConfig = RuleConfig(), schedule: Schedu
         model=m.meta["model"], device=m.meta["device"], capture=m.meta["capture"], rule=rule_info,
         candidates=cands,
         curves={"loss_fraction": frac, "inversion_seconds": seconds, "normalized_perf": perf},
-        crossover=Crossover(x=choice.x, y=choice.y, split_dim=choice.split_dim, warning=choice.warning),
+        crossover=Crossover(x=crossing.x, y=crossing.y, split_dim=choice.split_dim, warning=choice.warning,
+                            interval=list(crossing.interval) if crossing.interval else None,
+                            spans=list(crossing.spans) if crossing.interval else None,
+                            tie_break=crossing.tie_break if rule.name is Rule.crossover else None),
         schedule=schedule, layers=layers, skipped=list(m.meta.get("skipped", [])),
     )

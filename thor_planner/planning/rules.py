@@ -5,12 +5,23 @@ below the threshold; rises with b) meets the normalized-performance curve (p_1/p
 x is linear in b, the crossing is interpolated linearly between candidates and snapped to the
 nearest candidate. ``budget``: the largest candidate whose inversion time, amortized over the
 update interval, stays under a fraction of one training step.
+
+**Uncertainty.** Each candidate's inversion time was measured several times (min and max kept).
+The performance curve then lies between ``min(p_1)/max(p_b)`` and ``max(p_1)/min(p_b)`` (1 at the
+first candidate), so the crossing lies between where the loss-fraction curve meets the lower curve
+and where it meets the upper one: ``crossover.interval = [low, high]`` (``high`` is the last
+candidate when the upper curve does not cross). When the candidates nearest to the points of that
+interval are more than one, the interval *spans* them and the measurements cannot tell them apart;
+the split is then the candidate whose nearest-region (on the linear b axis, regions split at the
+midpoints between candidates) holds the largest share of the interval, the larger one on a tie.
+That reduces to the usual snapping when the timings do not spread, and it depends on where the
+whole spread lies rather than on the median alone, which moves with noise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -38,6 +49,9 @@ class Choice:
     x: float | None = None
     y: float | None = None
     warning: str | None = None
+    interval: tuple[float, float] | None = None
+    spans: tuple[int, ...] = ()
+    tie_break: str | None = None
 
 
 def crossover(candidates: Sequence[int], loss_frac: Sequence[float], perf: Sequence[float]) -> Choice:
@@ -90,3 +104,45 @@ def factor_split(losses: Sequence[float], candidates: Sequence[int], global_spli
         if b <= global_split and loss < threshold:
             return min(b, dim)
     return min(global_split, dim)
+
+
+def perf_bounds(min_s: Sequence[float], max_s: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The performance curve's lower and upper bounds from each candidate's fastest and slowest run."""
+    lo = [1.0] + [min_s[0] / m if m > 0 else 1.0 for m in max_s[1:]]
+    hi = [1.0] + [max_s[0] / m if m > 0 else 1.0 for m in min_s[1:]]
+    return lo, hi
+
+
+def _shares(candidates: Sequence[int], low: float, high: float) -> dict[int, float]:
+    """How much of [low, high] lies in each candidate's nearest-region (linear b)."""
+    edges = [-float("inf")] + [(a + b) / 2 for a, b in zip(candidates, candidates[1:])] + [float("inf")]
+    out = {}
+    for c, left, right in zip(candidates, edges, edges[1:]):
+        part = min(high, right) - max(low, left)
+        if part > 0 or left <= low < right:
+            out[c] = max(part, 0.0)
+    return out
+
+
+def crossover_with_spread(candidates: Sequence[int], loss_frac: Sequence[float], perf: Sequence[float],
+                          min_s: Sequence[float], max_s: Sequence[float]) -> Choice:
+    """:func:`crossover` of the medians, with the interval the timing spread allows and the
+    tie-break of the module doc when that interval spans several candidates."""
+    median = crossover(candidates, loss_frac, perf)
+    lo_perf, hi_perf = perf_bounds(min_s, max_s)
+    early, late = crossover(candidates, loss_frac, lo_perf), crossover(candidates, loss_frac, hi_perf)
+    if early.x is None:
+        return median
+    low = early.x
+    high = late.x if late.x is not None else float(candidates[-1])
+    if median.x is not None:
+        low, high = min(low, median.x), max(high, median.x)
+    shares = _shares(candidates, low, high)
+    spans = tuple(sorted(shares))
+    if len(spans) < 2 or median.x is None:
+        return replace(median, interval=(low, high), spans=spans)
+    split = max(spans, key=lambda c: (shares[c], c))
+    held = shares[split] / (high - low) if high > low else 1.0
+    note = (f"the interval b≈{low:.0f}–{high:.0f} spans candidates {', '.join(map(str, spans))}: "
+            f"{split} holds the largest share of it ({held:.0%})")
+    return replace(median, split_dim=split, interval=(low, high), spans=spans, tie_break=note)

@@ -11,11 +11,14 @@ import torch
 
 from thor_planner.version import __version__
 from thor_planner.capture.collector import CapturedFactors, capture_factors
-from thor_planner.inputs.data import load_batches
+from thor_planner.capture.layers import find_layers
+from thor_planner.inputs.data import BatchSource, check_batches, load_batches
 from thor_planner.utils.errors import UserError
 from thor_planner.infoloss import loss_table
-from thor_planner.timing.backend_choice import default_backend, network_counts, select_for_model
+from thor_planner.timing.backend_choice import backend_cache_for, default_backend, network_counts, select_for_model
+from thor_planner.timing.busy import BusyMonitor, watching
 from thor_planner.inversion.backends import BACKENDS
+from thor_planner.inversion.extra import CUDA_ONLY
 from thor_planner.planning.measurements import Measurements
 from thor_planner.inputs.models import LoadedModel, load_model
 from thor_planner.utils.progress import Progress
@@ -45,6 +48,7 @@ class ProfileConfig:
     backend: str | None = None  # None: auto on CUDA, torch-cholesky on CPU; "auto": fastest accurate per size
     device_profile: str | None = None  # predict timings from this device profile instead of timing here
     timing: TimingConfig = TimingConfig()
+    refresh_backends: bool = False  # measure the backend choice again instead of reusing the cached one
 
     def __post_init__(self) -> None:
         if self.batches < 1:
@@ -84,9 +88,13 @@ def default_candidates(max_dim: int, max_split: int = 2048) -> list[int]:
 
 
 def input_shape_for(loaded: LoadedModel, input_size: int | None) -> tuple[int, ...] | None:
+    """The model's input shape; ``input_size`` is the image side, or the sequence length of a token
+    model."""
     shape = loaded.input_shape
     if input_size is None:
         return shape
+    if loaded.vocab_size is not None:
+        return (input_size,)
     if shape is None:
         return (3, input_size, input_size)
     if len(shape) != 3:
@@ -95,31 +103,109 @@ def input_shape_for(loaded: LoadedModel, input_size: int | None) -> tuple[int, .
     return (shape[0], input_size, input_size)
 
 
-def run_profile(cfg: ProfileConfig, progress: Progress = Progress()) -> tuple[Measurements, CapturedFactors]:
+def skip_pattern(user_skip: str | None, rule_skips: dict[str, str]) -> str | None:
+    """One regular expression for the capture: the user's ``--skip`` or one of the model's
+    :attr:`~thor_planner.inputs.models.LoadedModel.planner_skips` (matched by exact name)."""
+    parts = ([f"(?:{user_skip})"] if user_skip else []) + [f"^{re.escape(n)}$" for n in rule_skips]
+    return "|".join(parts) or None
+
+
+def _powers_of_two_up_to(top: int) -> str:
+    picks = [1] + [b for b in (16, 64, 256, 1024) if b <= top]
+    return ",".join(map(str, picks if len(picks) > 1 else [1, top]))
+
+
+def usable_candidates(wanted: tuple[int, ...], max_dim: int, model: str, progress: Progress) -> list[int]:
+    """``--candidates`` up to the largest factor dimension (larger ones invert whole factors, like
+    that dimension: dropped with a note); at least two must remain."""
+    kept = [c for c in wanted if c <= max_dim]
+    if len(kept) < 2:
+        raise UserError(f"Invalid --candidates={','.join(map(str, wanted))}: give at least two splits up to the "
+                        f"largest factor dimension of '{model}' ({max_dim}), e.g. {_powers_of_two_up_to(max_dim)}")
+    dropped = [c for c in wanted if c > max_dim]
+    if dropped:
+        progress.note(f"Candidates above the largest factor dimension ({max_dim}) dropped: "
+                      f"{', '.join(map(str, dropped))}")
+    return kept
+
+
+def check_backend_for(backend: str | None, device_type: str) -> None:
+    if backend in CUDA_ONLY and device_type != "cuda":
+        names = ", ".join(n for n in sorted(BACKENDS) if n not in CUDA_ONLY)
+        raise UserError(f"Invalid --backend={backend!r}: it runs on CUDA only; on {device_type} use auto or "
+                        f"one of {names}")
+
+
+def check_model_takes(loaded: LoadedModel, model: torch.nn.Module, source: BatchSource, data: str,
+                      device: torch.device) -> None:
+    """Run one sample through the model (eval mode, no gradients) so that inputs it cannot take and
+    labels beyond its outputs are refused with a message, before anything is measured."""
+    inputs = source.batches[0][0]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(inputs[:1].to(device))
+    except Exception as exc:  # noqa: BLE001 - the user's model on the user's data
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+        takes = f"; it takes {'×'.join(map(str, loaded.input_shape))}" if loaded.input_shape else ""
+        raise UserError(f"Model '{loaded.name}' cannot take the inputs of data '{data}' (shape "
+                        f"{'×'.join(map(str, inputs.shape[1:]))}{takes}): {type(exc).__name__}: {first}: "
+                        "pass data shaped as the model expects") from None
+    finally:
+        model.train(was_training)
+    if loaded.num_classes is None and isinstance(out, torch.Tensor) and out.dim() >= 1:
+        check_batches(data, source.batches, int(out.shape[-1]))
+
+
+def run_profile(cfg: ProfileConfig, progress: Progress = Progress(),
+                monitor: BusyMonitor | None = None) -> tuple[Measurements, CapturedFactors]:
     """Measure everything the planner needs; nothing is written here.
 
     With ``cfg.device_profile`` the inversion timings are predicted from that profile (rows marked
     ``predicted``) and no training step is timed (``step_seconds`` is ``None``: the budget rule
-    needs a step measured on the target device).
+    needs a step measured on the target device). Timings go through ``monitor`` (a default
+    :class:`BusyMonitor` if none), which repeats measurements disturbed by other processes; its
+    findings are the device section's ``busy``.
     """
     device = resolve_device(cfg.device)
+    monitor = monitor or BusyMonitor()
     profile = load_device_profile(cfg.device_profile) if cfg.device_profile else None
+    check_backend_for(cfg.backend, str(profile.device["type"]) if profile is not None else device.type)
     loaded = load_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights)
+    specs, _ = find_layers(loaded.model, cfg.skip)
+    if not specs:
+        every = find_layers(loaded.model)[0]
+        if cfg.skip is not None and every:
+            raise UserError(f"--skip {cfg.skip!r} matches all {len(every)} Conv2d/Linear layers of '{loaded.name}': "
+                            "nothing is left to plan; narrow the regular expression")
+        raise UserError(f"Model '{loaded.name}' has no Conv2d or Linear layer to precondition: "
+                        "thor-plan plans those layers only")
+    max_dim = max(max(s.a_dim, s.g_dim) for s in specs)
+    wanted = usable_candidates(cfg.candidates, max_dim, loaded.name, progress) if cfg.candidates else None
     shape = input_shape_for(loaded, cfg.input_size)
     if shape is None and cfg.data == "synthetic":
         raise UserError(f"Model '{cfg.model}' has no known input shape: pass --input-size N "
                         "(images 3×N×N) or real batches with --data")
     source = load_batches(cfg.data, input_shape=shape, num_classes=loaded.num_classes,
-                          batch_size=cfg.batch_size, batches=cfg.batches, seed=cfg.seed)
+                          batch_size=cfg.batch_size, batches=cfg.batches, seed=cfg.seed,
+                          vocab_size=loaded.vocab_size)
     model = loaded.model.to(device)
+    check_model_takes(loaded, model, source, cfg.data, device)
     torch.manual_seed(cfg.seed)
     with progress.stage("capture factors", len(source.batches)) as advance:
-        captured = capture_factors(model, source.batches, fisher=cfg.fisher, skip=cfg.skip,
+        captured = capture_factors(model, source.batches, fisher=cfg.fisher,
+                                   skip=skip_pattern(cfg.skip, loaded.planner_skips),
                                    seed=cfg.seed, device=device, progress=advance)
+    for entry in captured.skipped:  # the model's rule says why (dimension and cost), not the regex
+        if entry["name"] in loaded.planner_skips:
+            entry["reason"] = loaded.planner_skips[entry["name"]]
+        elif entry["reason"].startswith("matched --skip"):
+            entry["reason"] = f"matched --skip {cfg.skip!r}"
     named = [(s.name, s.kind, w, f) for s in captured.specs
              for w, f in (("a", captured.a[s.name]), ("g", captured.g[s.name]))]
     max_dim = max(f.shape[0] for *_, f in named)
-    candidates = list(cfg.candidates) if cfg.candidates else default_candidates(max_dim, cfg.max_split)
+    candidates = wanted or default_candidates(max_dim, cfg.max_split)
     with progress.stage("information loss", len(named)) as advance:
         losses = loss_table(named, candidates, progress=advance)
     factors = [f for *_, f in named]
@@ -131,15 +217,19 @@ def run_profile(cfg: ProfileConfig, progress: Progress = Progress()) -> tuple[Me
         step_times: list[float] = []
     else:
         backend = cfg.backend or default_backend(device.type)
-        with progress.stage("backend check", len(network_counts(dims, candidates))) as advance:
-            selection = select_for_model(dims, candidates, backend, device, advance)
-        with progress.stage("inversion timing", len(candidates)) as advance:
-            rows = time_candidates(factors, candidates, backends=selection.backends, config=cfg.timing,
-                                   progress=advance)
-        with progress.stage("training step", 1) as advance:
-            step_times = time_training_step(model, source.batches[0], device=device)
-            advance()
-        device_section = {**device_info(device, backend), **selection.device_fields()}
+        info = device_info(device, backend)
+        cache = backend_cache_for(device, info, backend, cfg.timing.damping)
+        with watching(monitor):
+            with progress.stage("backend check", len(network_counts(dims, candidates))) as advance:
+                selection = select_for_model(dims, candidates, backend, device, advance, cache=cache,
+                                             refresh=cfg.refresh_backends, damping=cfg.timing.damping)
+            with progress.stage("inversion timing", len(candidates)) as advance:
+                rows = time_candidates(factors, candidates, backends=selection.backends, config=cfg.timing,
+                                       progress=advance)
+            with progress.stage("training step", 1) as advance:
+                step_times = time_training_step(model, source.batches[0], device=device)
+                advance()
+        device_section = {**info, **selection.device_fields(), "busy": monitor.fields()}
     meta = {
         "tool_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -1,6 +1,13 @@
 """The per-size choice of the fastest accurate backend (``--backend auto``); the accuracy check
 itself is :mod:`thor_planner.inversion.accuracy`.
 
+**Damping.** Both the accuracy check and the timer give each backend the blocks the runtime gives
+it: a factor block plus ``factor_shift(damping) = sqrt(damping)`` on its diagonal, added in float32
+by the runtime's own :func:`inversion.backends.damp`. For the check, the factor block is the
+accuracy module's synthetic block rescaled so that the *damped* block keeps the log-spaced spectrum
+of condition number ``ACCURACY_CONDITION`` (from ``shift`` up to ``shift·κ``), and the error is
+taken against the float64 inverse of the same damped float32 input.
+
 **Choice.** For each block size, ascending, the accurate backends are timed by a :data:`Timer`
 (``timer(backend, size, count) → seconds``; the default times :func:`inversion.invert_stack`, the
 runtime's call, on a synthetic stack; tests inject fake timings here) on a sample of
@@ -11,15 +18,19 @@ size (∝ s³ · blocks) exceeds ``prune_seconds`` is no longer tried ("pruned",
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from thor_planner.inversion.accuracy import ACCURACY_CONDITION, ACCURACY_REFERENCE, ACCURACY_TOLERANCE, check_accuracy
-from thor_planner.inversion.backends import DEFAULT_BACKEND, invert_stack
+from thor_planner.inversion.accuracy import (ACCURACY_BLOCKS, ACCURACY_CONDITION, ACCURACY_REFERENCE,
+                                             ACCURACY_TOLERANCE, accuracy_blocks, backend_error)
+from thor_planner.inversion.backends import DEFAULT_BACKEND, damp, invert_stack
 from thor_planner.partition import block_counts
+from thor_planner.timing.backend_cache import BackendCache, entry_name
+from thor_planner.utils.damping import DEFAULT_DAMPING, factor_shift
 
 WORK_CAP = {"cpu": 2.0**31, "cuda": 2.0**38}
 
@@ -36,18 +47,55 @@ def timing_stack(size: int, count: int, device: torch.device | str = "cpu") -> t
     return base.repeat(reps, 1, 1)[:count].contiguous().to(device)
 
 
-def measured_timer(device: torch.device, damping: float = 0.03, budget_s: float = 0.2) -> Timer:
-    """A :data:`Timer` that times ``invert_stack(..., check=True)`` (the runtime's call) on a
-    synthetic stack: median after one warm-up, repeats within ``budget_s``."""
+def measured_timer(device: torch.device, damping: float = DEFAULT_DAMPING, budget_s: float = 0.2) -> Timer:
+    """A :data:`Timer` that times ``invert_stack(..., check=True)`` (the runtime's call, with the
+    runtime's shift ``sqrt(damping)``) on a synthetic stack: median after one warm-up, repeats
+    within ``budget_s``."""
     from thor_planner.timing.candidates import TimingConfig, measure
 
     config = TimingConfig(budget_s=budget_s, min_repeats=3, max_repeats=7, warmup=1)
+    shift = factor_shift(damping)
 
     def timer(name: str, size: int, count: int) -> float:
         stack = timing_stack(size, count, device)
-        return statistics.median(measure(lambda: invert_stack(stack, damping, name), device, config))
+        return statistics.median(measure(lambda: invert_stack(stack, shift, name), device, config))
 
     return timer
+
+
+def damped_accuracy_blocks(size: int, shift: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """What a backend receives in the accuracy check: synthetic float32 factor blocks damped by
+    ``shift`` with the runtime's :func:`damp`, whose spectrum runs from ``shift`` to
+    ``shift · ACCURACY_CONDITION`` (the accuracy module's blocks when ``shift`` is 0)."""
+    blocks = accuracy_blocks(size, count=ACCURACY_BLOCKS if size <= 512 else 1, device=device)
+    if shift == 0:
+        return blocks
+    eye = torch.eye(size, dtype=torch.float64, device=blocks.device)
+    factor = ((blocks.double() * ACCURACY_CONDITION - eye) * shift).float()  # PSD, λ from 0 to shift·(κ−1)
+    return damp(factor, shift)
+
+
+def check_damped_accuracy(names: Sequence[str], size: int, device: torch.device | str = "cpu", *,
+                          damping: float = DEFAULT_DAMPING, tolerance: float = ACCURACY_TOLERANCE
+                          ) -> tuple[list[str], list[dict]]:
+    """:func:`inversion.accuracy.check_accuracy` on blocks damped as the runtime damps them."""
+    blocks = damped_accuracy_blocks(size, factor_shift(damping), device)
+    accurate, excluded = [], []
+    for name in names:
+        try:
+            err = backend_error(name, blocks)
+        except Exception as exc:  # noqa: BLE001 - a backend that raises is excluded, with the reason
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            excluded.append({"backend": name, "size": size, "error": None,
+                             "reason": f"raised {type(exc).__name__}: {first}"})
+            continue
+        if err <= tolerance:
+            accurate.append(name)
+        else:
+            finite = math.isfinite(err)
+            excluded.append({"backend": name, "size": size, "error": err if finite else None,
+                             "reason": f"relative error {err:.2e} > {tolerance:g}" if finite else "non-finite result"})
+    return accurate, excluded
 
 
 @dataclass
@@ -59,13 +107,19 @@ class Selection:
     sample_counts: dict[int, int] = field(default_factory=dict)
     excluded: list[dict] = field(default_factory=list)
     pruned: list[dict] = field(default_factory=list)
+    from_cache: list[int] = field(default_factory=list)  # block sizes whose choice came from the cache
+    measured: list[int] = field(default_factory=list)  # block sizes checked (and timed) in this run
+    damping: float = DEFAULT_DAMPING
 
     def device_fields(self) -> dict:
         """What goes into the plan's device section (JSON: string keys)."""
         return {"backends": {str(s): n for s, n in sorted(self.backends.items())},
                 "excluded": list(self.excluded), "pruned": list(self.pruned),
                 "accuracy": {"tolerance": ACCURACY_TOLERANCE, "condition": ACCURACY_CONDITION,
-                             "check": ACCURACY_REFERENCE}}
+                             "check": ACCURACY_REFERENCE, "damping": self.damping,
+                             "shift": factor_shift(self.damping)},
+                "backends_cached": bool(self.from_cache) and not self.measured,
+                "backend_sizes_measured": len(self.measured)}
 
 
 def sample_count(size: int, count: int, work_cap: float) -> int:
@@ -90,7 +144,7 @@ def choose_backends(
     used (its exclusion stays recorded). ``timer`` and ``accuracy`` are seams for tests."""
     device = torch.device(device)
     timer = timer or measured_timer(device)
-    accuracy = accuracy or (lambda ns, s: check_accuracy(ns, s, device))
+    accuracy = accuracy or (lambda ns, s: check_damped_accuracy(ns, s, device))
     cap = work_cap if work_cap is not None else WORK_CAP.get(device.type, WORK_CAP["cpu"])
     sel = Selection()
     last: dict[str, tuple[int, int, float, float]] = {}  # name → (size, sample, seconds, ratio to best)
@@ -144,12 +198,50 @@ def network_counts(dims: Sequence[int], candidates: Sequence[int]) -> dict[int, 
 
 
 def select_for_model(dims: Sequence[int], candidates: Sequence[int], backend: str, device: torch.device,
-                     progress: Callable[[int], None] | None = None) -> Selection:
+                     progress: Callable[[int], None] | None = None, *, cache: "BackendCache | None" = None,
+                     refresh: bool = False, damping: float = DEFAULT_DAMPING) -> Selection:
     """The profiler's backend choice: every block size the candidates produce gets the fastest
     accurate backend (``auto``) or ``backend`` where it passes the accuracy check (the default
-    backend where it does not)."""
+    backend where it does not). With ``cache``, sizes chosen before on this device are reused
+    (``refresh``: measured again) and newly measured ones are stored."""
     from thor_planner.inversion.extra import device_backends
 
     names = device_backends(device.type) if backend == "auto" else [backend]
-    return choose_backends(network_counts(dims, candidates), names, device, progress=progress)
+    counts = network_counts(dims, candidates)
+    cap = WORK_CAP.get(device.type, WORK_CAP["cpu"])
+    stored = cache.load() if cache is not None and not refresh else {}
+    hits = {size: stored[entry_name(size, sample_count(size, n, cap))] for size, n in counts.items()
+            if size > 1 and entry_name(size, sample_count(size, n, cap)) in stored}
+    todo = {size: n for size, n in counts.items() if size not in hits}
+    sel = choose_backends(todo, names, device, progress=progress, timer=measured_timer(device, damping),
+                          accuracy=lambda ns, s: check_damped_accuracy(ns, s, device, damping=damping))
+    for size, entry in sorted(hits.items()):
+        sel.backends[size] = entry["backend"]
+        if entry.get("seconds"):
+            sel.seconds[size], sel.sample_counts[size] = dict(entry["seconds"]), int(entry.get("sample", 0))
+        sel.excluded += [e for e in entry.get("excluded", []) if isinstance(e, dict)]
+        sel.pruned += [e for e in entry.get("pruned", []) if isinstance(e, dict)]
+        if progress is not None:
+            progress(size)
+    sel.backends = dict(sorted(sel.backends.items()))
+    sel.from_cache = sorted(hits)
+    sel.measured = sorted(s for s in todo if s > 1)
+    sel.damping = damping
+    if cache is not None and sel.measured:
+        cache.save({entry_name(size, sample_count(size, counts[size], cap)): {
+            "backend": sel.backends[size], "seconds": sel.seconds.get(size, {}),
+            "sample": sample_count(size, counts[size], cap),
+            "excluded": [e for e in sel.excluded if e.get("size") == size],
+            "pruned": [e for e in sel.pruned if e.get("size") == size]} for size in sel.measured})
+    return sel
 
+
+def backend_cache_for(device: torch.device, device_fields: dict, backend: str,
+                      damping: float = DEFAULT_DAMPING) -> "BackendCache":
+    """The cache holding this device's choices for ``backend`` (``auto`` or one name)."""
+    from thor_planner.inversion.extra import device_backends
+    from thor_planner.timing.backend_cache import BackendCache, cache_key
+
+    names = device_backends(device.type) if backend == "auto" else [backend]
+    return BackendCache(cache_key(device_fields, names, factor_shift(damping), ACCURACY_REFERENCE,
+                                  WORK_CAP.get(device.type, WORK_CAP["cpu"])))

@@ -8,6 +8,11 @@ call per size. One warm-up run, then repeats until the per-candidate time budget
 A candidate whose warm-up run alone takes longer than the whole budget is recorded from that one
 run (its ``repeats`` is 1), which keeps the largest splits bounded.
 
+Blocks are damped as the runtime damps them: ``factor_shift(damping) = sqrt(damping)`` on the
+diagonal (:mod:`thor_planner.utils.damping`), ``damping`` being THOR's initial 0.03 by default.
+Every measurement goes through the active :class:`timing.busy.BusyMonitor` (if any), which repeats
+it while other processes were busy.
+
 On CUDA each run is timed with CUDA events recorded on the current stream around it, after a
 device synchronisation (so earlier queued work is not counted); on CPU with ``perf_counter``.
 The refresh is timed with ``check=True``, exactly as the runtime calls it: all sizes are launched,
@@ -29,6 +34,8 @@ from torch import nn
 
 from thor_planner.inversion.backends import DEFAULT_BACKEND, invert_groups, inversion_flops
 from thor_planner.partition import block_counts, group_by_size, partition
+from thor_planner.timing import busy
+from thor_planner.utils.damping import DEFAULT_DAMPING, factor_shift
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,7 @@ class TimingConfig:
     min_repeats: int = 1
     max_repeats: int = 7
     warmup: int = 1
-    damping: float = 0.03
+    damping: float = DEFAULT_DAMPING  # blocks get factor_shift(damping) = sqrt(damping) on the diagonal
 
     def __post_init__(self) -> None:
         if not self.budget_s > 0:
@@ -48,6 +55,8 @@ class TimingConfig:
             raise ValueError(f"Invalid min_repeats={self.min_repeats}: must be in [1, max_repeats]")
         if self.warmup < 0:
             raise ValueError(f"Invalid warmup={self.warmup}: must be >= 0")
+        if not self.damping >= 0:
+            raise ValueError(f"Invalid damping={self.damping}: must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,15 @@ def _timed_cuda_events(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def measure(fn: Callable[[], object], device: torch.device, config: TimingConfig) -> list[float]:
-    """Seconds per call of ``fn`` after warm-up, repeated within the budget."""
+    """Seconds per call of ``fn`` after warm-up, repeated within the budget (and repeated as a
+    whole while the active busy monitor sees other processes at work)."""
+    monitor = busy.current()
+    if monitor is None:
+        return _measure_once(fn, device, config)
+    return monitor.run(lambda: _measure_once(fn, device, config))
+
+
+def _measure_once(fn: Callable[[], object], device: torch.device, config: TimingConfig) -> list[float]:
     for _ in range(config.warmup):
         elapsed = _timed(fn, device)
         if elapsed > config.budget_s and config.min_repeats == 1:
@@ -119,11 +136,12 @@ def time_candidates(
     device = factors[0].device
     dims = [f.shape[0] for f in factors]
     results = []
+    shift = factor_shift(config.damping)
     for b in candidates:
         parts = [partition(d, b) for d in dims]
 
         def refresh(parts=parts):
-            return invert_groups(group_by_size(factors, parts), config.damping, backends)
+            return invert_groups(group_by_size(factors, parts), shift, backends)
 
         times = measure(refresh, device, config)
         counts = block_counts(dims, [b] * len(dims))
@@ -151,12 +169,17 @@ def time_training_step(
     batch: tuple[torch.Tensor, torch.Tensor],
     *,
     device: torch.device,
-    config: TimingConfig = TimingConfig(budget_s=1.0, min_repeats=3, max_repeats=10),
+    config: TimingConfig | None = None,
 ) -> list[float]:
     """Seconds per first-order training step (forward, backward, SGD step) on ``batch``.
 
-    Runs on a deep copy so the user's model is untouched.
+    Runs on a deep copy so the user's model is untouched. By default at least 3 steps within 1 s,
+    after one warm-up step on CUDA (lazy initialisation, cuDNN autotuning) and none on CPU, where
+    the capture has just run the same forward and backward.
     """
+    if config is None:
+        warm = 1 if torch.device(device).type == "cuda" else 0
+        config = TimingConfig(budget_s=1.0, min_repeats=3, max_repeats=10, warmup=warm)
     import copy
 
     work = copy.deepcopy(model).to(device).train()
