@@ -1,6 +1,7 @@
 """Training time to a target test accuracy on digits: planned THOR vs THOR-128, dense K-FAC, SGD, AdamW.
 
     python bench/convergence.py [--models cnn,mlp-wide] [--seeds 5] [--threads 1]   # writes its section
+    python bench/convergence.py --mlm [--seeds 1] [--mlm-epochs 3]   # bert-tiny on text (own section)
 
 For each model: profile it on digits (``run_profile``) and plan it twice, with the default crossover
 rule and with the budget rule the planner recommends when the crossover is degenerate; then
@@ -150,14 +151,86 @@ def verdict(model: str, t: dict) -> list[str]:
     return out
 
 
+MLM_GRIDS = {"thor": (0.003, 0.01, 0.03), "thor-128": (0.003, 0.01, 0.03), "adamw": (3e-4, 1e-3, 3e-3),
+             "sgd": (0.03, 0.1, 0.3)}
+MLM_EVAL_EVERY = 20
+
+
+def first_time(records, accuracy: float) -> float:
+    """Training seconds at the first evaluation reaching ``accuracy`` (∞ if none)."""
+    return next((r.seconds for r in records if r.test_accuracy >= accuracy), math.inf)
+
+
+def run_mlm(seeds: int, epochs: int, folder: Path) -> str:
+    """bert-tiny on text: masked-token accuracy against training time, every optimizer over a grid of
+    three learning rates (equal budgets: same epochs, same grid size); per optimizer the rate with the
+    best median final accuracy. Goal: planned THOR reaches AdamW's final accuracy in ≤ 0.7× AdamW's time."""
+    start = time.perf_counter()
+    cfg = ProfileConfig(model="bert-tiny", data="text", batches=4, batch_size=32, device="cpu",
+                        timing=TimingConfig(budget_s=0.2))
+    plan = make_plan(run_profile(cfg)[0])
+    plan_path = plan.save(folder / "bert-tiny-plan.json")
+    profile_s = time.perf_counter() - start
+    runs: dict[tuple[str, float], list] = {}
+    for seed in range(seeds):
+        for key, lrs in MLM_GRIDS.items():
+            for lr in lrs:
+                tc = TrainConfig(model="bert-tiny", data="text", optimizer=key, lr=lr, epochs=epochs, seed=seed,
+                                 eval_every=MLM_EVAL_EVERY, plan=plan_path if key == "thor" else None)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    runs.setdefault((key, lr), []).append(train(tc))
+        print(f"bert-tiny: seed {seed} done", flush=True)
+    best = {key: max(lrs, key=lambda lr: statistics.median(r.records[-1].test_accuracy for r in runs[(key, lr)]))
+            for key, lrs in MLM_GRIDS.items()}
+    adamw = runs[("adamw", best["adamw"])]
+    target = statistics.median(r.records[-1].test_accuracy for r in adamw)
+    adamw_s = statistics.median(first_time(r.records, target) for r in adamw)
+    lines = [
+        "## Masked-token accuracy on text: bert-tiny (`bench/convergence.py --mlm`)",
+        "",
+        f"Machine: {machine_line()}; load average at the end {os.getloadavg()[0]:.2f}. Command: "
+        f"`python bench/convergence.py --mlm --seeds {seeds} --mlm-epochs {epochs}` "
+        f"({(time.perf_counter() - start) / 60:.1f} min). Data: Python's bundled documentation, byte tokens, "
+        f"128 per sequence, 90/10 split, 15% masked (fixed). Every run: batch 32, weight decay 5e-4, cosine "
+        f"schedule over {epochs} epochs, evaluation every {MLM_EVAL_EVERY} steps outside the clock. Plan "
+        f"(`thor-plan profile --model bert-tiny --data text --batches 4 --batch-size 32 --time-budget 0.2`, "
+        f"{profile_s:.1f} s, not counted): global split {plan.split_dim}"
+        + (f" (warning: {plan.crossover.warning})" if plan.crossover.warning else "") + ".",
+        "",
+        f"Target: AdamW's final masked-token accuracy {target:.4f} (lr {best['adamw']:g}), reached in "
+        f"{fmt(adamw_s)} s.",
+        "",
+        "| optimizer | best lr | final accuracy (median) | s to AdamW's final accuracy | vs AdamW |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for key, lr in best.items():
+        rs = runs[(key, lr)]
+        t = statistics.median(first_time(r.records, target) for r in rs)
+        ratio = t / adamw_s if math.isfinite(t) and math.isfinite(adamw_s) else math.nan
+        lines.append(f"| {key} | {lr:g} | {statistics.median(r.records[-1].test_accuracy for r in rs):.4f} | "
+                     f"{fmt(t)} | {ratio:.2f}× |")
+    thor_s = statistics.median(first_time(r.records, target) for r in runs[("thor", best["thor"])])
+    r = thor_s / adamw_s if math.isfinite(thor_s) and math.isfinite(adamw_s) else math.inf
+    lines += ["", f"Goal (planned THOR ≤ 0.7× AdamW's time): {'met' if r <= 0.7 else 'missed'} ({r:.2f}×)."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="cnn,mlp-wide")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--mlm", action="store_true", help="run only the bert-tiny on text case")
+    parser.add_argument("--mlm-epochs", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.mlm:
+        with tempfile.TemporaryDirectory() as tmp:
+            text = run_mlm(args.seeds, args.mlm_epochs, Path(tmp))
+        (print if args.no_write else (lambda t: write_section("convergence-mlm", t)))(text)
+        return
     start = time.perf_counter()
     body, verdicts = [], []
     with tempfile.TemporaryDirectory() as tmp:
