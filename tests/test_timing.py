@@ -38,3 +38,117 @@ def test_training_step_leaves_model_untouched():
                                config=TimingConfig(budget_s=0.01, min_repeats=2, max_repeats=3))
     assert 2 <= len(times) <= 3
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+# ------------------------------------------------------------------ damping as the runtime damps
+
+
+def test_timing_damps_blocks_with_the_runtime_shift(monkeypatch) -> None:
+    import math
+
+    import thor_planner.timing.candidates as candidates
+    from thor_planner.planning.plan import Schedule
+
+    seen = []
+    real = candidates.invert_groups
+    monkeypatch.setattr(candidates, "invert_groups", lambda groups, shift, backends: seen.append(shift) or
+                        real(groups, shift, backends))
+    time_candidates(synthetic_factors([8, 20]), [1, 16], config=TimingConfig(budget_s=0.001, max_repeats=1))
+    assert seen and set(seen) == {math.sqrt(0.03)}
+    assert Schedule().shift(0) == math.sqrt(0.03)  # what the optimizer adds at its first inversion
+
+
+def test_backend_check_sees_the_damped_blocks_the_runtime_inverts() -> None:
+    import math
+
+    from thor_planner.inversion.accuracy import ACCURACY_CONDITION
+    from thor_planner.timing.backend_choice import damped_accuracy_blocks
+
+    shift = math.sqrt(0.03)
+    blocks = damped_accuracy_blocks(32, shift).double()
+    eig = torch.linalg.eigvalsh(blocks)
+    # spectrum of the damped block: from the shift up to shift × condition number
+    assert torch.allclose(eig[:, 0], torch.full((len(eig),), shift, dtype=torch.float64), rtol=1e-4)
+    assert torch.allclose(eig[:, -1], torch.full((len(eig),), shift * ACCURACY_CONDITION, dtype=torch.float64),
+                          rtol=1e-4)
+
+
+def test_timer_inverts_with_the_runtime_shift(monkeypatch) -> None:
+    import math
+
+    import thor_planner.timing.backend_choice as choice
+
+    seen = []
+    monkeypatch.setattr(choice, "invert_stack", lambda stack, shift, name: seen.append(shift))
+    choice.measured_timer(torch.device("cpu"), damping=0.02, budget_s=0.001)("torch-cholesky", 4, 2)
+    assert seen and set(seen) == {math.sqrt(0.02)}
+
+
+# ----------------------------------------------------------------------- busy machine monitor
+
+
+class FakeReadings:
+    """Other processes' CPU seconds and wall seconds, advancing by given amounts per measurement."""
+
+    def __init__(self, others_cores: list[float], seconds: float = 1.0) -> None:
+        self.loads, self.seconds = list(others_cores), seconds
+        self.cpu = self.wall = 0.0
+        self.reads = 0
+
+    def reader(self) -> float:
+        self.reads += 1
+        if self.reads % 2 == 0:  # the end of a measurement: others used load × elapsed
+            self.cpu += self.loads.pop(0) * self.seconds
+        return self.cpu
+
+    def clock(self) -> float:
+        self.ticks = getattr(self, "ticks", 0) + 1
+        if self.ticks % 2 == 0:  # the end of a measurement: it took ``seconds``
+            self.wall += self.seconds
+        return self.wall
+
+
+def test_quiet_measurement_runs_once() -> None:
+    from thor_planner.timing.busy import BusyMonitor, watching
+
+    fake = FakeReadings([0.1])
+    monitor = BusyMonitor(reader=fake.reader, clock=fake.clock, slack_s=0.0)
+    calls = []
+    with watching(monitor):
+        measure(lambda: calls.append(1), torch.device("cpu"), TimingConfig(budget_s=10.0, max_repeats=2))
+    assert len(calls) == 3  # one warm-up, two repeats: measured once
+    assert monitor.fields() == {"busy": False, "checked": True, "threshold_cores": 0.5, "others_peak_cores": 0.1,
+                                "measurements": 1, "repeated": 0, "disturbed": 0, "warning": None}
+
+
+def test_busy_measurement_is_repeated_then_recorded() -> None:
+    from thor_planner.timing.busy import BusyMonitor, watching
+
+    fake = FakeReadings([1.5, 0.2])  # busy during the first attempt, quiet during the second
+    monitor = BusyMonitor(reader=fake.reader, clock=fake.clock, slack_s=0.0)
+    with watching(monitor):
+        measure(lambda: None, torch.device("cpu"), TimingConfig(budget_s=10.0, max_repeats=2))
+    assert (monitor.repeated, monitor.disturbed, monitor.busy) == (1, 0, False)
+
+    fake = FakeReadings([1.8, 1.2, 2.0])  # busy every time: the least disturbed attempt is kept
+    monitor = BusyMonitor(reader=fake.reader, clock=fake.clock, slack_s=0.0)
+    attempts = iter([[0.3], [0.2], [0.4]])
+    assert monitor.run(lambda: next(attempts)) == [0.2]
+    assert (monitor.repeated, monitor.disturbed, monitor.busy, monitor.peak_cores) == (2, 1, True, 2.0)
+    assert monitor.warning() == ("Other processes used up to 2.0 CPU cores while timing (1 of 1 measurements "
+                                 "disturbed even after 3 attempts): the timings and the split may be off; "
+                                 "re-run on a quiet machine")
+
+
+def test_no_proc_means_unchecked() -> None:
+    from thor_planner.timing.busy import BusyMonitor
+
+    monitor = BusyMonitor(reader=lambda: None)
+    assert monitor.run(lambda: [1.0]) == [1.0]
+    assert monitor.fields()["checked"] is False and not monitor.busy
+
+
+def test_outside_a_monitor_measure_is_unwatched() -> None:
+    from thor_planner.timing.busy import current
+
+    assert current() is None
