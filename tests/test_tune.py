@@ -1,0 +1,222 @@
+"""``thor-plan tune``: a real optuna study in SQLite, a few trials of 1–2 epochs on digits."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.app import app
+from thor_planner.capture.collector import layer_specs
+from thor_planner.optim import THOR
+from thor_planner.planning.measurements import Measurements
+from thor_planner.planning.planner import make_plan
+from thor_planner.planning.plan import Plan, Schedule
+from thor_planner.training.loop import build_model
+from thor_planner.tune import TuneConfig, TuneError, TuneInterrupted, run_tune, write_outputs
+from thor_planner.tune.tuner import UNREACHED_PENALTY, trial_value
+from thor_planner.utils.progress import Progress
+
+optuna = pytest.importorskip("optuna")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: sgd on the mlp, 2 epochs, target 85%: trials 0, 1 and 3 reach it, the median pruner stops trial 2
+#: after its first epoch (seed 0 asks the same learning rates every time).
+SGD = dict(model="mlp", optimizer="sgd", epochs=2, target_accuracy=0.85)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: these tiny models run slower with more on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def mlp_profile(folder: Path) -> Path:
+    """A profile folder for the mlp written by hand (losses.csv, timings.csv, plan.json): no measuring.
+    Losses fall and inversion times rise with the split, so the loss threshold moves the plan."""
+    cands = [1, 16, 64, 128]
+    rows = []
+    for s in layer_specs(build_model("mlp")):
+        for factor, dim in (("a", s.a_dim), ("g", s.g_dim)):
+            rows.append({"layer": s.name, "kind": s.kind, "factor": factor, "dim": dim,
+                         **{str(b): max(0.0, 0.5 * (1 - b / dim)) for b in cands}})
+    timings = pd.DataFrame({"candidate": cands, "median_s": [1e-4, 2e-4, 8e-4, 3e-3], "min_s": [1e-4, 2e-4, 8e-4, 3e-3],
+                            "max_s": [1e-4, 2e-4, 8e-4, 3e-3], "repeats": 5, "blocks": [450, 30, 9, 6],
+                            "gflop": 0.001, "predicted": False})
+    meta = {"model": {"name": "mlp", "source": "builtin", "num_params": 0},
+            "device": {"type": "cpu", "name": "hand-written", "backend": "torch-cholesky", "dtype": "float32"},
+            "capture": {"data": "digits", "batches": 2, "batch_size": 32}, "step_seconds": 0.001}
+    measurements = Measurements(losses=pd.DataFrame(rows), timings=timings, meta=meta)
+    folder.mkdir()
+    measurements.save(folder)
+    return make_plan(measurements).save(folder / "plan.json")
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, ["tune", *map(str, args)])
+
+
+def storage(tmp_path: Path, name: str = "tune.db") -> str:
+    return f"sqlite:///{tmp_path / name}"
+
+
+def trials_of(url: str, study: str) -> list:
+    return optuna.load_study(study_name=study, storage=url).get_trials()
+
+
+def test_objective_orders_unreached_trials_after_reached_ones_by_accuracy() -> None:
+    assert trial_value(12.5, 0.97) == 12.5
+    assert trial_value(None, 0.9) == UNREACHED_PENALTY + 0.1
+    assert trial_value(None, 0.9) < trial_value(None, 0.8)
+    assert trial_value(UNREACHED_PENALTY - 1, 0.97) < trial_value(None, 1.0)
+
+
+def test_study_resumes_in_sqlite_counts_both_runs_and_records_pruned_trials(tmp_path: Path) -> None:
+    url = storage(tmp_path)
+    first = run_tune(TuneConfig(**SGD, trials=3, storage=url, study="s"))
+    assert first.new_trials == 3 and first.counts == {"complete": 2, "pruned": 1, "fail": 0}
+    pruned = [t for t in trials_of(url, "s") if t.state.name == "PRUNED"]
+    assert [t.number for t in pruned] == [2]
+    assert list(pruned[0].intermediate_values) == [45]  # stopped after its first epoch (45 steps)
+    second = run_tune(TuneConfig(**SGD, trials=2, storage=url, study="s"))
+    trials = trials_of(url, "s")
+    assert second.new_trials == 2 and len(trials) == 5 and [t.number for t in trials] == [0, 1, 2, 3, 4]
+    assert sum(second.counts.values()) == 5
+    params = [t.params["lr"] for t in trials]
+    assert len(set(params)) == 5  # the continued study does not ask its first questions again
+    reached = [t for t in trials if t.state.name == "COMPLETE" and t.user_attrs["target_seconds"] is not None]
+    assert second.best.number == min(reached, key=lambda t: t.value).number
+
+
+def test_fixed_seed_gives_the_same_parameter_sequence(tmp_path: Path) -> None:
+    runs = []
+    for name in ("a.db", "b.db"):
+        result = run_tune(TuneConfig(model="mlp", optimizer="adamw", epochs=1, target_accuracy=0.3, trials=3,
+                                     storage=storage(tmp_path, name), pruner="none", seed=7))
+        runs.append([t.params for t in result.study.get_trials()])
+    assert runs[0] == runs[1] and len({json.dumps(p) for p in runs[0]}) == 3
+    other = run_tune(TuneConfig(model="mlp", optimizer="adamw", epochs=1, target_accuracy=0.3, trials=1,
+                                storage=storage(tmp_path, "c.db"), pruner="none", seed=8))
+    assert other.study.get_trials()[0].params != runs[0][0]
+
+
+def test_tuned_plan_loads_into_thor_and_report_carries_the_figures(tmp_path: Path) -> None:
+    out, base = tmp_path / "out", mlp_profile(tmp_path / "profile")
+    result = invoke("--model", "mlp", "--plan", base, "--trials", "3", "--epochs", "1",
+                    "--target-accuracy", "0.3", "--storage", storage(tmp_path), "--study", "t", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    summary = json.loads(lines[0])
+    assert summary["study"] == "t" and summary["trials"] == summary["new_trials"] == 3
+    assert sorted(p.name for p in out.iterdir()) == ["best.json", "plan.json", "report.html"]
+    plan = Plan.load(out / "plan.json")
+    best = optuna.load_study(study_name="t", storage=storage(tmp_path)).best_trial
+    tuning = json.loads((out / "plan.json").read_text())["tuning"]
+    assert tuning["trial"] == summary["best_trial"] == best.number and tuning["study"] == "t"
+    assert tuning["storage"] == storage(tmp_path) and tuning["value"] == best.value
+    assert plan.schedule != Schedule()
+    assert plan.schedule.damping_init == best.params["damping_init"]
+    assert plan.schedule.omega2 == pytest.approx(best.params["omega2_ratio"] * best.params["omega1"])
+    assert plan.rule["loss_threshold"] == best.params["loss_threshold"]
+    assert all(lp.omega1 == best.params["omega1"] for lp in plan.layers)
+    opt = THOR(build_model("mlp"), plan, lr=best.params["lr"])
+    assert opt.schedule == plan.schedule
+    page = (out / "report.html").read_text()
+    for div in ("fig-history", "fig-importance", "fig-parallel", "fig-curves", "fig-timing", "fig-heatmap"):
+        assert f'id="{div}"' in page
+    assert "Optimization History Plot" in page and "Parallel Coordinate Plot" in page
+    assert page.count("* plotly.js v") == 1  # plotly.js embedded once: the page works offline
+    assert not re.search(r"<script[^>]+src=", page)
+    assert "Wrote" in ANSI.sub("", result.stderr) and "trial 1:" in result.stderr
+
+
+def test_ctrl_c_keeps_finished_trials(tmp_path: Path) -> None:
+    class StopAfterFirstTrial(Progress):
+        def note(self, message: str) -> None:
+            if message.startswith("trial 0:"):
+                raise KeyboardInterrupt
+
+    url = storage(tmp_path)
+    with pytest.raises(TuneInterrupted) as stop:
+        run_tune(TuneConfig(model="mlp", optimizer="sgd", epochs=1, target_accuracy=0.3, trials=3, storage=url),
+                 StopAfterFirstTrial())
+    assert stop.value.finished == 1
+    assert [t.state.name for t in trials_of(url, "mlp-digits-sgd")] == ["COMPLETE"]
+
+
+def _fails(result, message: str, out: Path | None = None) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert ANSI.sub("", result.stderr).strip().splitlines()[-1] == f"Error: {message}"
+    assert "Traceback" not in result.output
+    if out is not None:
+        assert not out.exists()  # nothing half-written
+
+
+def test_bad_storage_urls(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _fails(invoke("--optimizer", "sgd", "--trials", "1", "--storage", "not a url", "--out", out),
+           "Unknown --storage URL 'not a url': pass an optuna RDB URL such as sqlite:///tune.db or "
+           "postgresql://user:password@host/database", out)
+    missing = f"sqlite:///{tmp_path / 'no-such-folder' / 'tune.db'}"
+    _fails(invoke("--optimizer", "sgd", "--trials", "1", "--storage", missing, "--out", out),
+           f"Cannot reach --storage '{missing}': check that the database server is up, the folder exists and "
+           "the URL is right", out)
+
+
+def test_study_made_for_another_optimizer_or_space_is_refused(tmp_path: Path) -> None:
+    url, out = storage(tmp_path), tmp_path / "out"
+    run_tune(TuneConfig(model="mlp", optimizer="sgd", epochs=1, target_accuracy=0.3, trials=1, storage=url,
+                        study="s"))
+    _fails(invoke("--model", "mlp", "--optimizer", "adamw", "--trials", "1", "--storage", url, "--study", "s",
+                  "--out", out),
+           f"Study 's' in '{url}' tunes optimizer 'sgd', not 'adamw': pick another --study name", out)
+    _fails(invoke("--model", "mlp", "--optimizer", "sgd", "--epochs", "2", "--target-accuracy", "0.3", "--trials",
+                  "1", "--storage", url, "--study", "s", "--out", out),
+           f"Study 's' in '{url}' was made with another search space or objective (model, data, epochs, target "
+           "accuracy or batch size differ): pick another --study name", out)
+    assert len(trials_of(url, "s")) == 1
+
+
+def test_zero_trials_and_missing_optuna(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    _fails(invoke("--trials", "0", "--out", out), "Invalid --trials=0: must be >= 1", out)
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    _fails(invoke("--optimizer", "sgd", "--trials", "1", "--out", out),
+           "optuna is not installed: pip install 'thor-plan[tune]'", out)
+
+
+def test_target_never_reached(tmp_path: Path) -> None:
+    url, out = storage(tmp_path), tmp_path / "out"
+    result = invoke("--model", "mlp", "--optimizer", "sgd", "--epochs", "1", "--target-accuracy", "1", "--trials",
+                    "1", "--storage", url, "--out", out)
+    (trial,) = trials_of(url, "mlp-digits-sgd")
+    accuracy = trial.user_attrs["final_accuracy"]
+    assert trial.value == pytest.approx(UNREACHED_PENALTY + 1 - accuracy)
+    _fails(result, f"No trial of study 'mlp-digits-sgd' reached test accuracy 1 within 1 epochs (best final "
+                   f"accuracy {accuracy:.4f}): raise --epochs, lower --target-accuracy or run more --trials", out)
+
+
+def test_library_refuses_bad_configs() -> None:
+    with pytest.raises(TuneError, match=r"^Invalid trials=0: must be >= 1$"):
+        TuneConfig(trials=0)
+    with pytest.raises(TuneError, match=r"^Invalid plan='p.json': a plan applies only to optimizer 'thor', not 'sgd'$"):
+        TuneConfig(optimizer="sgd", plan="p.json")
+
+
+def test_outputs_for_a_baseline_have_no_plan(tmp_path: Path) -> None:
+    result = run_tune(TuneConfig(model="mlp", optimizer="mlbfgs", epochs=1, target_accuracy=0.2, trials=2,
+                                 storage=storage(tmp_path), pruner="none"))
+    write_outputs(tmp_path, result)
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["optimizer"] == "mlbfgs" and set(best["params"]) == {"lr", "momentum", "history_size",
+                                                                     "update_every", "damping"}
+    assert not (tmp_path / "plan.json").exists() and (tmp_path / "report.html").is_file()
