@@ -141,17 +141,82 @@ def test_page_is_self_contained():
 def test_curves_figure_matches_plan():
     plan, losses, timings = small_case()
     fig = figures(plan, losses, timings)["curves"]
-    loss = next(t for t in fig.data if t.name == "fraction of factors with loss < 1%")
-    perf = next(t for t in fig.data if t.name == "normalized performance p₁/p_b")
-    assert sum(t.mode == "lines+markers" for t in fig.data) == 2
-    assert list(loss.x) == plan.candidates and list(perf.x) == plan.candidates
-    assert list(loss.y) == plan.curves["loss_fraction"] and list(perf.y) == plan.curves["normalized_perf"]
-    assert list(loss.customdata) == plan.curves["inversion_seconds"]
-    assert fig.layout.xaxis.type in (None, "linear") and tuple(fig.layout.yaxis.range) == (0, 1.05)
+    name = {"loss_fraction": "fraction of factors with loss < 1%", "normalized_perf": "normalized performance p₁/p_b"}
+    for key, label in name.items():
+        points = next(t for t in fig.data if t.name == label and t.mode == "markers")
+        line = next(t for t in fig.data if t.name == label and t.mode == "lines")
+        assert list(points.x) == plan.candidates and list(points.y) == plan.curves[key]
+        assert list(points.customdata) == plan.curves["inversion_seconds"]
+        # the drawn line is the curve interpolated linearly in b: it passes through every measured point
+        # and, halfway between 16 and 32, through the average of their values
+        assert set(plan.candidates) <= set(line.x)
+        mid = list(line.x).index(24.0)
+        assert line.y[mid] == pytest.approx((plan.curves[key][1] + plan.curves[key][2]) / 2)
+        assert line.hoverinfo == "skip"
+    assert fig.layout.xaxis.type == "log" and list(fig.layout.xaxis.tickvals) == plan.candidates
+    assert [b.label for b in fig.layout.updatemenus[0].buttons] == ["log b", "linear b"]
+    assert tuple(fig.layout.yaxis.range) == (0, 1.05)
     cross = next(t for t in fig.data if t.name == "crossover")
     assert (cross.x, cross.y, cross.text) == ((20.0,), (0.45,), ("crossover at b≈20",))
+    assert cross.textposition.startswith("top")  # above the point: never on the axis's tick labels
     chosen = next(t for t in fig.data if t.name == "chosen split 16")
     assert chosen.x == (16, 16) and "chosen split 16" in chosen.text[1]
+
+
+def test_labels_near_the_right_edge_point_inwards():
+    plan, losses, timings = small_case()
+    d = plan.to_dict()
+    d["crossover"].update(x=60.0, y=0.9, split_dim=64)
+    fig = figures(Plan.from_dict(d), losses, timings)["curves"]
+    cross = next(t for t in fig.data if t.name == "crossover")
+    chosen = next(t for t in fig.data if t.name == "chosen split 64")
+    assert cross.textposition == "bottom left"  # high and at the right: below and to the left
+    assert chosen.textposition == "middle left" and chosen.text[1] == "chosen split 64 "
+
+
+def test_interval_band_and_cards():
+    plan, losses, timings = small_case()
+    d = plan.to_dict()
+    d["crossover"].update(interval=[14.0, 27.0], spans=[16, 32], tie_break="the interval b≈14–27 spans "
+                          "candidates 16, 32: 16 holds the largest share of it (54%)")
+    plan = Plan.from_dict(d)
+    fig = figures(plan, losses, timings)["curves"]
+    band = next(t for t in fig.data if t.name == "crossover interval (timing spread)")
+    assert list(band.x) == [14.0, 27.0, 27.0, 14.0, 14.0] and band.fill == "toself"
+    page = build_report(plan, losses, timings)
+    assert "at y = 0.45 · interval b≈14–27 · spans 16, 32" in page
+    assert ("<b>⚠ Warning.</b> The crossover is uncertain: the interval b≈14–27 spans candidates 16, 32: "
+            "16 holds the largest share of it (54%).") in page
+
+
+def test_factor_card_counts_factors():
+    # 3 layers = 6 factors; the loss fraction at the split (16) is 0.4 → "2 of 6", not the threshold
+    page = build_report(*small_case())
+    assert '<div class="k">factors with loss &lt; 1%</div><div class="v">2 of 6</div>' in page
+    assert "40% of the factors at b = 16" in page
+
+
+def test_budget_report_shows_the_crossing_apart_from_the_choice():
+    rule = {"name": "budget", "loss_threshold": 0.01, "overhead": 0.05, "interval": 100, "step_seconds": 0.2}
+    plan, losses, timings = resnet50_case(rule=rule)
+    d = plan.to_dict()
+    d["crossover"]["split_dim"] = 2048  # what the budget rule chose; x, y: where the curves cross
+    plan = Plan.from_dict(d)
+    page = build_report(plan, losses, timings)
+    assert "curves do not cross" not in page
+    assert (f'<div class="k">curves cross</div><div class="v">b≈{plan.crossover.x:.0f}</div>'
+            f'<div class="s">at y = {plan.crossover.y:.2f} · not used by the budget rule</div>') in page
+    assert "Global split <b>2048</b>" in page
+    fig = figures(plan, losses, timings)["curves"]
+    assert any(t.name == "crossover" for t in fig.data) and any(t.name == "chosen split 2048" for t in fig.data)
+
+
+def test_busy_machine_is_a_warning():
+    plan, losses, timings = small_case()
+    d = plan.to_dict()
+    d["device"]["busy"] = {"busy": True, "warning": "Other processes used up to 1.9 CPU cores while timing"}
+    page = build_report(Plan.from_dict(d), losses, timings)
+    assert "<b>⚠ Warning.</b> Other processes used up to 1.9 CPU cores while timing</div>" in page
 
 
 def test_budget_rule_in_title():

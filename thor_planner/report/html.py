@@ -8,7 +8,6 @@ that page atomically.
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import numpy as np
@@ -18,44 +17,14 @@ import plotly.io as pio
 
 from thor_planner.utils.atomic import atomic_write_text
 from thor_planner.planning.plan import Plan
+from thor_planner.report.tables import (CSS, FONT, _esc, _label, _rule_text, _seconds, _stats, _threshold,
+                                        _warnings, plan_table, provenance, skipped_table)
 
-FONT = 'system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif'
 LOSS_COLOR, PERF_COLOR, SPLIT_COLOR, INK = "#1b9e77", "#d95f02", "#5e3c99", "#2b2d42"
 CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg", "scale": 2}}
 # Losses below the threshold in pale blues, then a perceptual ramp (YlOrRd) spread with a square law so
 # that 1–10 % losses, the ones the decision hinges on, already look different from 50 %.
 _RAMP = ["#ffffcc", "#ffeda0", "#fed976", "#feb24c", "#fd8d3c", "#fc4e2a", "#e31a1c", "#bd0026", "#800026"]
-
-
-def _esc(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _label(value) -> str:
-    """Escape text for plotly labels (plotly reads ``<b>`` as markup but decodes ``&lt;``)."""
-    return html.escape(str(value), quote=False)
-
-
-def _seconds(s: float | None) -> str:
-    if s is None or not np.isfinite(s):
-        return "–"
-    return f"{s * 1e6:.3g} µs" if s < 1e-3 else f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
-
-
-def _threshold(plan: Plan) -> float:
-    return float(plan.rule.get("loss_threshold", 0.01))
-
-
-def _rule_text(plan: Plan) -> str:
-    r = plan.rule
-    extra = [f"loss < {_threshold(plan):.0%}"]
-    if "overhead" in r:
-        extra.append(f"overhead {float(r['overhead']):.0%}")
-    if "interval" in r:
-        extra.append(f"interval {r['interval']}")
-    if "step_seconds" in r:
-        extra.append(f"step {_seconds(float(r['step_seconds']))}")
-    return f"{r.get('name', '?')} ({', '.join(extra)})"
 
 
 def _style(fig: go.Figure, title: str, subtitle: str, height: int) -> go.Figure:
@@ -78,46 +47,87 @@ def _sparse_ticks(cands: list[int], parts: int = 18) -> list[int]:
     return sorted(ticks)
 
 
+def _dense(cands: list[int], values: list[float], steps: int = 24) -> tuple[list[float], list[float]]:
+    """The curve interpolated linearly in b between candidates (as the crossover is computed), so
+    that it bends on the log axis and both axes show the crossing where the plan puts it."""
+    xs, ys = [float(cands[0])], [float(values[0])]
+    for (b0, v0), (b1, v1) in zip(zip(cands, values), zip(cands[1:], values[1:])):
+        for k in range(1, steps + 1):
+            t = k / steps
+            xs.append(b0 + t * (b1 - b0))
+            ys.append(v0 + t * (v1 - v0))
+    return xs, ys
+
+
+def _log_position(cands: list[int], x: float) -> float:
+    """Where ``x`` sits across the log axis (0 at the first candidate, 1 at the last)."""
+    lo, hi = np.log2(cands[0]), np.log2(cands[-1])
+    return float((np.log2(max(x, cands[0])) - lo) / (hi - lo)) if hi > lo else 0.0
+
+
+def _side(cands: list[int], x: float) -> str:
+    """Labels go to the left of points in the right part of the axis, so none is cut at the edge."""
+    return "left" if _log_position(cands, x) > 0.7 else "right"
+
+
 def curves_figure(plan: Plan) -> go.Figure:
-    """THOR's figure 3: loss fraction rising, normalized performance falling, on a linear split axis."""
+    """THOR's figure 3: loss fraction rising, normalized performance falling. The split axis is
+    log₂ by default (on a linear axis, as in the paper, the small candidates bunch at 0; a button
+    switches); the curves are drawn interpolated linearly in b, as the crossover is computed."""
     cands, curves, co, split = plan.candidates, plan.curves, plan.crossover, plan.split_dim
     secs, thr = curves["inversion_seconds"], _threshold(plan)
     fig = go.Figure()
+    if co.interval is not None and co.interval[1] > co.interval[0]:
+        lo, hi = co.interval
+        spans = f" · spans {', '.join(map(str, co.spans))}" if co.spans and len(co.spans) > 1 else ""
+        fig.add_scatter(x=[lo, hi, hi, lo, lo], y=[0, 0, 1, 1, 0], fill="toself", mode="lines",
+                        fillcolor="rgba(94,60,153,0.10)", line=dict(width=0), name="crossover interval (timing spread)",
+                        hovertemplate=f"crossings the timing spread allows: b≈{lo:.0f}–{hi:.0f}{spans}<extra></extra>")
     for key, name, color, fmt in (
         ("loss_fraction", f"fraction of factors with loss < {thr:.0%}", LOSS_COLOR, ".1%"),
         ("normalized_perf", "normalized performance p₁/p_b", PERF_COLOR, ".3f"),
     ):
-        fig.add_scatter(x=list(cands), y=list(curves[key]), name=name, mode="lines+markers",
-                        customdata=list(secs), line=dict(color=color, width=3), marker=dict(size=8),
+        dense_x, dense_y = _dense(list(cands), list(curves[key]))
+        fig.add_scatter(x=dense_x, y=dense_y, name=name, legendgroup=key, mode="lines", hoverinfo="skip",
+                        line=dict(color=color, width=3))
+        fig.add_scatter(x=list(cands), y=list(curves[key]), name=name, legendgroup=key, showlegend=False,
+                        mode="markers", customdata=list(secs), marker=dict(size=8, color=color),
                         hovertemplate=f"%{{y:{fmt}}} · inversion %{{customdata:.3g}} s<extra>{name}</extra>")
     if co.x is not None and co.y is not None:
+        vertical = "bottom" if co.y > 0.8 else "top"
+        # away from the chosen split's dashed line, and inwards near either end of the axis
+        side = "left" if split >= co.x and _log_position(cands, co.x) > 0.25 else _side(cands, co.x)
         fig.add_scatter(x=[co.x], y=[co.y], name="crossover", mode="markers+text", showlegend=False,
-                        text=[f"crossover at b≈{co.x:.0f}"], textposition="middle right",
-                        textfont=dict(size=13, color=INK),
+                        text=[f"crossover at b≈{co.x:.0f}"], textposition=f"{vertical} {side}",
+                        textfont=dict(size=13, color=INK), cliponaxis=False,
                         marker=dict(size=15, symbol="circle-open", color=INK, line=dict(width=3)),
                         hovertemplate=f"crossover b≈{co.x:.1f}, y={co.y:.3f}<extra></extra>")
+    side = _side(cands, split)
+    label = f"chosen split {split} " if side == "left" else f" chosen split {split}"
     fig.add_scatter(x=[split, split], y=[0, 0.97], name=f"chosen split {split}", mode="lines+text",
-                    text=["", f" chosen split {split}"], textposition="middle right", showlegend=False,
+                    text=["", label], textposition=f"middle {side}", showlegend=False, cliponaxis=False,
                     textfont=dict(size=13, color=SPLIT_COLOR), line=dict(color=SPLIT_COLOR, width=2, dash="dash"),
                     hoverinfo="skip")
     title, rule_line = "Information loss vs. inversion cost", ""
     if plan.rule.get("name") == "budget":
         title += " · budget rule"
         rule_line = f"split chosen by the budget rule: {_label(_rule_text(plan))}<br>"
-    _style(fig, title, rule_line + "THOR fig. 3 · split b on a linear axis, as in the paper<br>candidates "
-           f"{cands[0]}…{cands[min(3, len(cands) - 1)]} bunch near 0: hover them, or switch to “log b”", 500)
-    sparse = _sparse_ticks(list(cands))
-    fig.update_layout(hovermode="x unified", margin=dict(t=150 if rule_line else 130), legend=dict(y=1.0, yanchor="bottom"),
-                      updatemenus=[dict(
+    _style(fig, title, rule_line + "split b on a log₂ axis (THOR's fig. 3 uses a linear one: “linear b”)<br>"
+           "curves interpolated linearly in b between candidates, as the crossover is", 500)
+    sparse, ticks = _sparse_ticks(list(cands)), list(cands)
+    fig.update_layout(hovermode="closest", margin=dict(t=150 if rule_line else 130, r=32),
+                      legend=dict(y=1.0, yanchor="bottom"), updatemenus=[dict(
         type="buttons", direction="right", x=1, xanchor="right", y=0.1, yanchor="bottom", showactive=True,
         font=dict(size=11), bgcolor="white", pad=dict(r=0, t=0, b=0, l=0), buttons=[
-            dict(label="linear b", method="relayout",
-                 args=[{"xaxis.type": "linear", "xaxis.tickvals": sparse, "xaxis.autorange": True}]),
             dict(label="log b", method="relayout",
-                 args=[{"xaxis.type": "log", "xaxis.tickvals": list(cands), "xaxis.autorange": True}]),
+                 args=[{"xaxis.type": "log", "xaxis.tickvals": ticks, "xaxis.ticktext": list(map(str, ticks)),
+                        "xaxis.autorange": True}]),
+            dict(label="linear b", method="relayout",
+                 args=[{"xaxis.type": "linear", "xaxis.tickvals": sparse,
+                        "xaxis.ticktext": list(map(str, sparse)), "xaxis.autorange": True}]),
         ])])
-    fig.update_xaxes(title_text="split dimension b", tickvals=sparse, showspikes=True,
-                     spikemode="across", spikethickness=1, spikedash="dot", spikecolor="#adb5bd")
+    fig.update_xaxes(type="log", title_text="split dimension b", tickvals=ticks, ticktext=list(map(str, ticks)),
+                     showspikes=True, spikemode="across", spikethickness=1, spikedash="dot", spikecolor="#adb5bd")
     fig.update_yaxes(range=[0, 1.05], title_text="fraction / normalized performance")
     return fig
 
@@ -221,114 +231,6 @@ def figures(plan: Plan, losses: pd.DataFrame, timings: pd.DataFrame) -> dict[str
             "timing": timing_figure(plan, timings)}
 
 
-def _table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
-    head = "".join(f"<th>{h}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _loss_cell(loss: float, thr: float) -> str:
-    return f'<span class="{"bad" if loss >= thr else "ok"}">{loss:.2%}</span>'
-
-
-def _split_cell(split: int, dim: int) -> str:
-    return f'{split}<span class="tag">full</span>' if split >= dim else str(split)
-
-
-def plan_table(plan: Plan) -> str:
-    thr = _threshold(plan)
-    rows = [[f"<code>{_esc(lp.name)}</code>", _esc(lp.kind), str(lp.a_dim), _split_cell(lp.a_split, lp.a_dim),
-             _loss_cell(lp.a_loss, thr), str(lp.g_dim), _split_cell(lp.g_split, lp.g_dim),
-             _loss_cell(lp.g_loss, thr), f"{lp.omega1:g}", f"{lp.omega2:g}"] for lp in plan.layers]
-    return _table(["layer", "kind", "A dim", "A split", "A loss", "G dim", "G split", "G loss", "ω1", "ω2"],
-                  rows, "num")
-
-
-def skipped_table(plan: Plan) -> str:
-    if not plan.skipped:
-        return '<p class="muted">No layers skipped: every Conv2d / Linear layer is preconditioned.</p>'
-    rows = [[f"<code>{_esc(s.get('name', '?'))}</code>", _esc(s.get("reason", ""))] for s in plan.skipped]
-    return _table(["layer (left to SGD-momentum)", "reason"], rows)
-
-
-def _dl(items: list[tuple[str, str]]) -> str:
-    return "<dl>" + "".join(f"<dt>{_esc(k)}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
-
-
-def provenance(plan: Plan) -> str:
-    m, d, c, r = plan.model, plan.device, plan.capture, plan.rule
-    params = m.get("num_params")
-    data = _esc(c.get("data", "?"))
-    if str(c.get("data", "")).startswith("synthetic"):
-        data += ' <span class="pill warn">synthetic data — not the model\'s real inputs</span>'
-    backend = _esc(d.get("backend", "?"))
-    if isinstance(d.get("backends"), dict) and d["backends"]:
-        backend += " (" + ", ".join(f"{_esc(k)}: {_esc(v)}" for k, v in d["backends"].items()) + ")"
-    dev_name = _esc(d.get("name", "?"))
-    if d.get("predicted"):
-        dev_name += ' <span class="pill warn">timings predicted, not measured on this device</span>'
-    sched = plan.schedule
-    blocks = [
-        ("Model", [("name", _esc(m.get("name", "?"))), ("source", _esc(m.get("source", "?"))),
-                   ("parameters", f"{params:,}" if isinstance(params, int) else _esc(params))]),
-        ("Data &amp; capture", [("data", data)] + [(k, _esc(c[k])) for k in
-                                                   ("batches", "batch_size", "input_size", "fisher", "seed") if k in c]),
-        ("Device", [("type", _esc(d.get("type", "?"))), ("name", dev_name), ("threads", _esc(d.get("threads", "?"))),
-                    ("torch", _esc(d.get("torch", "?"))), ("cuda", _esc(d.get("cuda") or "–")),
-                    ("backend", backend), ("dtype", _esc(d.get("dtype", "?")))]),
-        ("Plan", [("rule", _esc(_rule_text(plan)))] + [(k, _esc(v)) for k, v in r.items() if k not in (
-            "name", "loss_threshold", "overhead", "interval", "step_seconds")] + [
-            ("damping", f"{sched.damping_init:g} × {sched.damping_decay:g}^(t/{sched.damping_decay_steps})"),
-            ("inverse interval", f"{sched.interval_initial} → {sched.interval_max} steps "
-                                 f"(×{sched.interval_growth:g} every {sched.interval_grow_every})"),
-            ("ω1 / ω2", f"{sched.omega1:g} / {sched.omega2:g}"),
-            ("tool version", _esc(plan.tool_version or "?")), ("created", _esc(plan.created or "?"))]),
-    ]
-    return '<div class="prov">' + "".join(f'<div class="card"><h3>{h}</h3>{_dl(items)}</div>'
-                                          for h, items in blocks) + "</div>"
-
-
-def _stats(plan: Plan) -> str:
-    cands, secs, frac = plan.candidates, plan.curves["inversion_seconds"], plan.curves["loss_fraction"]
-    i = cands.index(plan.split_dim) if plan.split_dim in cands else None
-    co = plan.crossover
-    items = [("global split", str(plan.split_dim), f"rule {_esc(_rule_text(plan))}"),
-             ("crossover", f"b≈{co.x:.0f}" if co.x is not None else "none",
-              f"at y = {co.y:.2f}" if co.y is not None else "curves do not cross")]
-    if i is not None:
-        ratio = secs[i] / secs[0] if secs[0] > 0 else float("nan")
-        items += [("inversion at split", _seconds(secs[i]), f"{ratio:.1f}× the time at b = {cands[0]}"),
-                  (f"factors below {_threshold(plan):.0%}", f"{frac[i]:.0%}", f"at b = {plan.split_dim}")]
-    items.append(("layers", str(len(plan.layers)), f"{len(plan.skipped)} skipped"))
-    return '<div class="stats">' + "".join(f'<div class="stat"><div class="k">{k}</div><div class="v">{v}</div>'
-                                           f'<div class="s">{s}</div></div>' for k, v, s in items) + "</div>"
-
-
-CSS = """
-*{box-sizing:border-box}body{margin:0;background:#f4f5f7;color:#2b2d42;font:14px/1.45 %s}
-main{max-width:1480px;margin:0 auto;padding:24px 28px 48px}h1{font-size:24px;margin:0 0 4px}
-h2{font-size:17px;margin:0 0 10px}h3{font-size:13px;margin:0 0 8px;text-transform:uppercase;letter-spacing:.05em;color:#6c757d}
-.summary{font-size:15px;color:#495057;margin:0 0 14px}.muted{color:#6c757d}
-.warning{background:#fff4e5;border:1px solid #ffb74d;border-left:6px solid #f57c00;border-radius:8px;padding:12px 16px;margin:0 0 16px;font-size:14.5px}
-.card{background:#fff;border-radius:10px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:14px 16px;min-width:0}
-.grid{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:16px;margin:0 0 16px}
-.split{display:grid;grid-template-columns:minmax(0,5fr) minmax(0,6fr);gap:16px;margin:0 0 16px;align-items:start}
-@media (max-width:1100px){.grid,.split{grid-template-columns:minmax(0,1fr)}}
-.stats{display:grid;grid-template-columns:repeat(auto-fit,minmax(180px,1fr));gap:12px;margin:0 0 16px}
-.stat{background:#fff;border-radius:10px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:10px 14px}
-.stat .k{font-size:12px;color:#6c757d;text-transform:uppercase;letter-spacing:.05em}.stat .v{font-size:24px;font-weight:650}
-.stat .s{font-size:12px;color:#6c757d}
-table{border-collapse:collapse;width:100%%;font-size:12.5px}th,td{padding:3px 8px;border-bottom:1px solid #eceef1;text-align:left;white-space:nowrap}
-thead th{position:sticky;top:0;background:#fff;border-bottom:2px solid #dee2e6}table.num td:nth-child(n+3){text-align:right;font-variant-numeric:tabular-nums}
-tbody tr:hover{background:#f8f9fb}code{font:12px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
-.bad{color:#c62828;font-weight:600}.ok{color:#2e7d32}.tag{font-size:10px;color:#6c757d;border:1px solid #ced4da;border-radius:4px;padding:0 3px;margin-left:4px}
-.pill{display:inline-block;font-size:12px;border-radius:10px;padding:1px 8px;margin-left:6px}.warn{background:#fff4e5;color:#b45309;border:1px solid #ffb74d}
-.prov{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:16px}
-dl{display:grid;grid-template-columns:max-content 1fr;gap:3px 14px;margin:0}dt{color:#6c757d}dd{margin:0;overflow-wrap:anywhere}
-.scroll{overflow-x:auto}footer{margin-top:24px;color:#868e96;font-size:12px}
-""" % FONT
-
-
 def build_report(plan: Plan, losses: pd.DataFrame, timings: pd.DataFrame) -> str:
     """One self-contained HTML page: summary, warning, figures, plan table and provenance."""
     figs = figures(plan, losses, timings)
@@ -340,8 +242,8 @@ def build_report(plan: Plan, losses: pd.DataFrame, timings: pd.DataFrame) -> str
     summary = [f"Global split <b>{plan.split_dim}</b>", f"{len(plan.layers)} layers preconditioned",
                f"{len(plan.skipped)} skipped", f"rule {_esc(_rule_text(plan))}"]
     if co.x is not None:
-        summary.append(f"crossover at b≈{co.x:.0f}")
-    warning = f'<div class="warning"><b>⚠ Warning.</b> {_esc(co.warning)}</div>' if co.warning else ""
+        summary.append(f"curves cross at b≈{co.x:.0f}")
+    warning = _warnings(plan)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_esc(title)}</title><style>{CSS}</style></head><body><main>
