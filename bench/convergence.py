@@ -2,6 +2,7 @@
 
     python bench/convergence.py [--models cnn,mlp-wide] [--seeds 5] [--threads 1]   # writes its section
     python bench/convergence.py --mlm [--seeds 1] [--mlm-epochs 3]   # bert-tiny on text (own section)
+    python bench/convergence.py --tune 20 [--seeds 3]   # every optimizer tuned at 20 trials (own section)
 
 For each model: profile it on digits (``run_profile``) and plan it twice, with the default crossover
 rule and with the budget rule the planner recommends when the crossover is degenerate; then
@@ -216,6 +217,28 @@ def run_mlm(seeds: int, epochs: int, folder: Path) -> str:
     return "\n".join(lines)
 
 
+def tuned(args) -> None:
+    """``--tune N``: every optimizer tuned with N trials, best configurations re-trained on seeds 1..seeds."""
+    from convergence_tuned import run
+    from results import write_json
+
+    with tempfile.TemporaryDirectory() as tmp:
+        body, data, verdicts = run(args.models.split(","), args.tune, args.seeds, EPOCHS, TARGET, EVAL_EVERY, Path(tmp))
+    text = "\n".join([
+        "## Time to target accuracy on digits, every optimizer tuned (`bench/convergence.py --tune`)", "",
+        f"Machine: {machine_line()}; load average at the end {os.getloadavg()[0]:.2f}. Command: `python "
+        f"bench/convergence.py --tune {args.tune} --models {args.models} --seeds {args.seeds} --threads {args.threads}` "
+        f"({data['minutes']:.1f} min). One `thor-plan tune` study per optimizer ({args.tune} trials, TPE seed 0, "
+        f"training seed 0, median pruner, {EPOCHS} epochs, evaluation every {EVAL_EVERY} steps, target "
+        f"{TARGET:.0%}); its best configuration re-trained with seeds 1–{args.seeds}, median reported.", "",
+        "Goals:", *verdicts, "", body])
+    if args.no_write:
+        print(text)
+    else:
+        write_section("convergence-tuned", text)
+        write_json("convergence-tuned", data)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="cnn,mlp-wide")
@@ -224,8 +247,13 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--mlm", action="store_true", help="run only the bert-tiny on text case")
     parser.add_argument("--mlm-epochs", type=int, default=3)
+    parser.add_argument("--tune", type=int, default=0, metavar="TRIALS",
+                        help="tune every optimizer with this many trials first (bench/convergence_tuned.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.tune:
+        tuned(args)
+        return
     if args.mlm:
         with tempfile.TemporaryDirectory() as tmp:
             text = run_mlm(args.seeds, args.mlm_epochs, Path(tmp))

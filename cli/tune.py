@@ -33,7 +33,7 @@ def _remove_empty(folder: Path, outermost: Path | None) -> None:
 
 def tune_cmd(
     model: TrainModelChoice = typer.Option(TrainModelChoice.cnn, "--model", "-m", help="The model to train (as in 'thor-plan train')."),
-    data: TrainDataChoice = typer.Option(TrainDataChoice.digits, "--data", help="digits or synthetic (as in 'thor-plan train')."),
+    data: TrainDataChoice = typer.Option(TrainDataChoice.digits, "--data", help="Training data (as in 'thor-plan train')."),
     optimizer: OptimizerChoice = typer.Option(OptimizerChoice.thor, "--optimizer", help="Whose search space to tune: thor (also re-plans the loss threshold), thor-128, kfac, sgd, adamw or mlbfgs."),
     plan: Path = typer.Option(None, "--plan", help="thor: a plan.json written by 'thor-plan profile' (its folder's losses.csv and timings.csv are re-planned from); without it the model is profiled first."),
     trials: int = typer.Option(20, "--trials", "-n", help="Trials to run now (added to the study's earlier ones)."),
@@ -94,5 +94,9 @@ def tune_cmd(
                        f"({summary['complete']} complete, {summary['pruned']} pruned, {summary['fail']} failed; "
                        f"{summary['new_trials']} new): {seconds:.2f} s to test accuracy {target_accuracy:g}"),
                 highlight=False)
+    if result.plan is not None:
+        lines.print(escape(f"Train with it: thor-plan train --model {model.value} --data {data.value} --optimizer thor "
+                           f"--plan {folder / 'plan.json'} --lr {summary['best_params']['lr']:.4g} --epochs {epochs}"),
+                    highlight=False)
     if json_out:
         typer.echo(json.dumps(summary))

@@ -155,6 +155,9 @@ def run_tune(config: TuneConfig, progress: Progress = Progress()) -> TuneResult:
     Raises :class:`TuneError` on bad input and when no trial of the study reached the target;
     :class:`TuneInterrupted` on Ctrl-C (finished trials are in the storage)."""
     optuna = import_optuna()
+    TrainConfig(model=config.model, data=config.data, optimizer=config.optimizer, epochs=config.epochs,
+                batch_size=config.batch_size, eval_every=config.eval_every,
+                target_accuracy=config.target_accuracy)  # refuses e.g. a model and data that do not fit
     study = open_study(storage_url=config.storage, name=config.study_name, optimizer=config.optimizer,
                        space_signature=signature(config.optimizer, config.objective_spec()), seed=config.seed,
                        pruner=config.pruner)
