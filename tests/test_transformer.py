@@ -180,3 +180,18 @@ def test_hf_bert_from_a_config_file(tmp_path: Path) -> None:
     assert loaded.source == "hf" and loaded.vocab_size == 300 and loaded.input_shape == (64,)
     assert loaded.model(torch.randint(0, 300, (2, 8))).shape == (2, 8, 300)
     assert any(name.endswith("cls.predictions.decoder") for name in loaded.planner_skips)
+
+
+@pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers is not installed")
+def test_builtin_bert_is_hugging_face_bert() -> None:
+    assert load_model("hf:bert").num_params == load_model("bert-base").num_params
+    config = transformers.BertConfig(vocab_size=300, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=64)
+    theirs = transformers.BertForMaskedLM(config).eval()
+    ours = BertForMaskedLM(BertConfig(vocab_size=300, hidden_size=16, num_layers=2, num_heads=2,
+                                      intermediate_size=32, max_position=64, seq_len=16)).eval()
+    state = dict(theirs.state_dict())
+    state.pop("cls.predictions.bias")  # Hugging Face's alias of cls.predictions.decoder.bias
+    ours.load_state_dict(state, strict=True)
+    ids = torch.randint(0, 300, (2, 16))
+    torch.testing.assert_close(ours(ids), theirs(input_ids=ids).logits, rtol=1e-5, atol=1e-5)

@@ -4,7 +4,9 @@ imports, and the rule that decides which of a transformer's Linear layers the pl
 Layout: batch first. Every Linear sees ``(B, T, D)`` inputs, so a capture counts each token as a
 sample. Module names follow Hugging Face's ``BertForMaskedLM`` (``bert.encoder.layer.0.attention.
 self.query``, ``cls.predictions.decoder``, ...), so plans read the same for built-in and ``hf:``
-models. Q, K and V are three separate Linear layers (``query``, ``key``, ``value``: three planned
+models; a Hugging Face BERT masked-LM state dict loads strictly once its alias
+``cls.predictions.bias`` (of ``cls.predictions.decoder.bias``) is dropped, and the two compute the
+same logits (tested when ``transformers`` imports). Q, K and V are three separate Linear layers (``query``, ``key``, ``value``: three planned
 layers with the same A factor) unless ``fused_qkv=True``, which uses one Linear ``qkv`` of
 ``hidden → 3·hidden`` (one A factor, a G factor three times larger). Embeddings and LayerNorm are
 neither Conv2d nor Linear: the optimizer gives them its first-order update. There is no attention
