@@ -153,6 +153,39 @@ def test_ctrl_c_keeps_finished_trials(tmp_path: Path) -> None:
     assert [t.state.name for t in trials_of(url, "mlp-digits-sgd")] == ["COMPLETE"]
 
 
+def test_cli_ctrl_c_says_what_is_kept_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import thor_planner.tune as tune
+
+    def interrupted(config, progress):
+        raise TuneInterrupted(2)
+
+    monkeypatch.setattr(tune, "run_tune", interrupted)
+    out, url = tmp_path / "a" / "out", storage(tmp_path)
+    result = invoke("--optimizer", "sgd", "--trials", "3", "--storage", url, "--study", "s", "--out", out)
+    assert result.exit_code == 130
+    assert ANSI.sub("", result.stderr).strip() == (f"Interrupted: the 2 finished trials are kept in '{url}' "
+                                                   f"(study 's'); nothing was written to {out}")
+    assert not (tmp_path / "a").exists()
+
+
+def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import thor_planner.tune.tuner as tuner
+
+    real_train, calls = tuner.train, []
+
+    def train_failing_once(config, progress, on_eval=None):
+        calls.append(config.lr)
+        if len(calls) == 2:
+            raise RuntimeError("linalg.cholesky: the factorization could not be completed")
+        return real_train(config, progress, on_eval=on_eval)
+
+    monkeypatch.setattr(tuner, "train", train_failing_once)
+    result = run_tune(TuneConfig(model="mlp", optimizer="sgd", epochs=1, target_accuracy=0.3, trials=3,
+                                 storage=storage(tmp_path), pruner="none"))
+    assert [t.state.name for t in result.study.get_trials()] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert result.counts == {"complete": 2, "pruned": 0, "fail": 1} and result.best.number in (0, 2)
+
+
 def _fails(result, message: str, out: Path | None = None) -> None:
     assert result.exit_code == 2, (result.exit_code, result.output)
     assert ANSI.sub("", result.stderr).strip().splitlines()[-1] == f"Error: {message}"

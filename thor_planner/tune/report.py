@@ -36,6 +36,10 @@ def _note_figure(title: str, note: str) -> go.Figure:
     return fig
 
 
+def _log_value(trial) -> float:
+    return math.log10(trial.value)
+
+
 def study_figures(result: TuneResult) -> dict[str, go.Figure]:
     """optuna's figures for the study: ``history``, ``importance``, ``parallel``."""
     from optuna.importance import FanovaImportanceEvaluator
@@ -45,13 +49,15 @@ def study_figures(result: TuneResult) -> dict[str, go.Figure]:
     history = plot_optimization_history(study, target_name=name)
     history.update_yaxes(type="log")
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    # importances and parallel coordinates on log10(value): reached trials spread out, unreached ones sit at ≥ 6
+    log_name = "log10 seconds to target (unreached ≥ 6)"
     try:
         importance = plot_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=result.config.seed),
-                                            target_name=name)
+                                            target=_log_value, target_name=log_name)
     except (ImportError, RuntimeError, ValueError) as exc:  # sklearn missing, too few or identical trials
         importance = _note_figure("Hyperparameter Importances",
                                   f"Not available ({len(complete)} finished trials): {_esc(str(exc).splitlines()[0])}")
-    parallel = plot_parallel_coordinate(study, target_name=name)
+    parallel = plot_parallel_coordinate(study, target=_log_value, target_name=log_name)
     return {"history": history, "importance": importance, "parallel": parallel}
 
 
