@@ -132,3 +132,24 @@ def test_invalid_options(options: dict, message: str) -> None:
     with pytest.raises(ValueError) as err:
         MLBFGS([torch.zeros(1, requires_grad=True)], **options)
     assert str(err.value) == message
+
+
+def test_a_non_finite_gradient_skips_the_step() -> None:
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    opt = MLBFGS([x], lr=0.1)
+    x.grad = torch.tensor([float("nan"), 1.0])
+    opt.step()
+    assert torch.equal(x.detach(), torch.tensor([1.0, 2.0]))
+    assert opt.state[x]["skipped_steps"] == 1 and "avg_grad" not in opt.state[x]
+
+
+def test_train_config_passes_options_only_to_mlbfgs() -> None:
+    from thor_planner.training.loop import TrainConfig, TrainConfigError, build_model, make_optimizer
+
+    cfg = TrainConfig(model="mlp", optimizer="mlbfgs", momentum=0.5, mlbfgs_options={"history_size": 3})
+    opt = make_optimizer(cfg, build_model("mlp"))
+    assert isinstance(opt, MLBFGS)
+    assert opt.param_groups[0]["history_size"] == 3 and opt.param_groups[0]["momentum"] == 0.5
+    with pytest.raises(TrainConfigError) as err:
+        TrainConfig(optimizer="sgd", mlbfgs_options={"history_size": 3})
+    assert str(err.value) == "Invalid mlbfgs_options: they apply only to optimizer 'mlbfgs', not 'sgd'"

@@ -238,6 +238,17 @@ def test_target_never_reached(tmp_path: Path) -> None:
                    f"accuracy {accuracy:.4f}): raise --epochs, lower --target-accuracy or run more --trials", out)
 
 
+def test_train_config_takes_a_schedule_only_for_thor_variants() -> None:
+    from thor_planner.training.loop import TrainConfig, TrainConfigError, make_optimizer
+
+    schedule = Schedule(damping_init=0.2, interval_initial=3)
+    opt = make_optimizer(TrainConfig(model="mlp", optimizer="kfac", schedule=schedule), build_model("mlp"))
+    assert opt.schedule == schedule
+    with pytest.raises(TrainConfigError) as err:
+        TrainConfig(optimizer="adamw", schedule=schedule)
+    assert str(err.value) == "Invalid schedule: a schedule applies only to thor, thor-128 or kfac, not 'adamw'"
+
+
 def test_library_refuses_bad_configs() -> None:
     with pytest.raises(TuneError, match=r"^Invalid trials=0: must be >= 1$"):
         TuneConfig(trials=0)
