@@ -3,7 +3,9 @@
 :func:`install` wraps ``thor_planner.timing.measure`` (which every timing in the library goes
 through: candidate refreshes, the auto choice, device-profile cells): before a measurement it
 waits until the rest of the machine is idle, and it repeats a measurement during which other
-processes used more than ``threshold`` of one core. Bench-only: the library never waits.
+processes used more than ``threshold`` of one core. Bench-only: the library never waits (it repeats
+disturbed measurements and records the load, :mod:`thor_planner.timing.busy`, which reads the same
+``/proc`` counters).
 """
 
 from __future__ import annotations
@@ -13,27 +15,15 @@ import time
 from dataclasses import dataclass
 
 from thor_planner.timing import candidates as timing
+from thor_planner.timing.busy import others_cpu_seconds
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _busy_total() -> float:
-    """Seconds of non-idle CPU time of the whole machine since boot."""
-    with open("/proc/stat") as fh:
-        fields = [int(x) for x in fh.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / _TICK
-
-
-def _busy_self() -> float:
-    with open("/proc/self/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime, all threads
-
-
 def others_busy() -> float:
-    """A snapshot: CPU seconds used by other processes (compare two snapshots)."""
-    return _busy_total() - _busy_self()
+    """A snapshot: CPU seconds used by other processes (compare two snapshots); the library's reading
+    (:func:`thor_planner.timing.busy.others_cpu_seconds`), 0 where ``/proc`` is absent."""
+    return others_cpu_seconds() or 0.0
 
 
 @dataclass

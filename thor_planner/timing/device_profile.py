@@ -39,7 +39,7 @@ import torch
 
 from thor_planner.version import __version__
 from thor_planner.utils.atomic import atomic_write_text
-from thor_planner.timing.backend_choice import Selection, choose_backends, measured_timer
+from thor_planner.timing.backend_choice import Selection, check_damped_accuracy, choose_backends, measured_timer
 from thor_planner.timing.device import device_info as describe_device
 from thor_planner.timing.costmodel import CellFit, CostModel, GroupingCost, fit_linear, grouping_features, nonnegative_lstsq
 from thor_planner.utils.errors import UserError
@@ -269,7 +269,8 @@ def measure_device_profile(
         return cell["fixed_s"] + cell["per_block_s"]  # one block: what pruning extrapolates (∝ s³)
 
     selection: Selection = choose_backends({s: 1 for s in sizes}, names, device, timer=cell_timer,
-                                           progress=progress, prune_seconds=cell_budget_s)
+                                           progress=progress, prune_seconds=cell_budget_s,
+                                           accuracy=lambda ns, s: check_damped_accuracy(ns, s, device, damping=damping))
     for name in names:  # size 1 and single-accurate-backend sizes were not timed by the selection
         for size in sizes:
             accurate_here = not any(e["backend"] == name and e["size"] == size for e in selection.excluded)
