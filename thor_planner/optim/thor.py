@@ -48,9 +48,10 @@ from torch import nn
 from thor_planner.capture.collector import find_layers, layer_specs
 from thor_planner.inversion.backends import DEFAULT_BACKEND
 from thor_planner.optim.blocks import BlockFactorCollector
+from thor_planner.optim.distributed import RankGroup, unwrap, wanted
 from thor_planner.optim.layer import Layer, plan_backends
 from thor_planner.optim.precondition import GRAFTS, directions
-from thor_planner.optim.refresh import check_point, replay_inverses
+from thor_planner.optim.refresh import check_point, local_inverter, replay_inverses
 from thor_planner.optim.skips import DivergedError, SkipCounter
 from thor_planner.optim.trace import LayerTrace
 from thor_planner.optim.update import sgd_update
@@ -83,13 +84,16 @@ class THOR(torch.optim.Optimizer):
             (``None``: never raise).
         capture_tf32: on CUDA, compute each factor's Gram as one TF32 GEMM and take its blocks
             (:class:`~thor_planner.optim.blocks.BlockFactorCollector`); ``False``: float32 products.
+        distributed: share factors and inverses across the ranks of ``torch.distributed``
+            (:mod:`.distributed`); ``None`` (default): when a process group of more than one rank is
+            initialized. The model may be wrapped in ``DistributedDataParallel``.
     """
 
     def __init__(self, model: nn.Module, plan: Plan | None = None, *, lr: float, momentum: float = 0.9,
                  weight_decay: float = 0.0, nesterov: bool = False, split: int | None = None,
                  graft: str | None = "sgd", schedule: Schedule | None = None, precondition: bool = True,
                  kl_clip: float | None = None, grad_scaler=None, backends: str | Mapping[int, str] | None = None,
-                 max_skipped_steps: int | None = 10, capture_tf32: bool = True):
+                 max_skipped_steps: int | None = 10, capture_tf32: bool = True, distributed: bool | None = None):
         for what, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
             if not value >= 0:
                 raise ValueError(f"Invalid {what}={value}: must be >= 0")
@@ -106,6 +110,7 @@ class THOR(torch.optim.Optimizer):
             raise ValueError(f"Invalid max_skipped_steps={max_skipped_steps}: must be >= 1 (or None)")
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "nesterov": nesterov}
         super().__init__(list(model.parameters()), defaults)
+        model = unwrap(model)
 
         if plan is not None:
             plan.check_model(model)
@@ -120,6 +125,8 @@ class THOR(torch.optim.Optimizer):
         self.backends = backends if backends is not None else DEFAULT_BACKEND
         self.graft, self.kl_clip, self.grad_scaler, self.precondition = graft, kl_clip, grad_scaler, precondition
         self.capture_tf32 = capture_tf32
+        self._inverter = local_inverter(self.backends)
+        self._ranks: RankGroup | None = None
         specs = {sp.name: sp for sp in layer_specs(model)}
         modules = dict(model.named_modules())
         self._model = model
@@ -139,6 +146,9 @@ class THOR(torch.optim.Optimizer):
         self._skips = SkipCounter(max_skipped_steps)
         self._device_skips: torch.Tensor | None = None  # [total, consecutive, longest] on the device
         self._replay = False
+        if wanted(distributed) and self._layers:
+            self._ranks = RankGroup(self._layers, self._layers[0].weight.device, self.backends)
+            self._inverter = self._ranks.inverter
         self._collector: BlockFactorCollector | None = None
         self._rebuild_collector()
 
@@ -163,6 +173,8 @@ class THOR(torch.optim.Optimizer):
 
     def _fold_factors(self) -> None:
         a_new, g_new = self._collector.factors()
+        if self._ranks is not None:
+            a_new, g_new = self._ranks.average_factors(self._live(), a_new, g_new, self._dtype)
         live = [l for l in self._live() if l.name in a_new and l.name in g_new]
         if not live:
             return
@@ -284,7 +296,7 @@ class THOR(torch.optim.Optimizer):
                 self._collector.reset()
             if self._step >= self._next_check:
                 t = self._step
-                if check_point(self._live(), t, math.sqrt(self.schedule.damping(t)), self.backends):
+                if check_point(self._live(), t, math.sqrt(self.schedule.damping(t)), self._inverter):
                     for layer in self._layers:
                         if layer.trace.frozen:
                             layer.a = layer.g = None  # its inverses are final: the factors are not needed

@@ -1,0 +1,137 @@
+"""THOR under ``torch.distributed`` (data parallel, gloo on CPU, NCCL on GPU).
+
+With the model wrapped in ``DistributedDataParallel`` each rank sees its own part of the batch and
+DDP averages the gradients. THOR adds two collectives, both only where it already synchronises:
+
+- **Factor steps**: the packed A and G blocks every rank captured are averaged across the ranks
+  (``all_reduce`` in buckets of :data:`BUCKET_BYTES`, issued asynchronously and then awaited), so
+  every rank holds the full-batch factors: a rank's G is already a per-sample average over its
+  local batch (its local mean loss is undone by its local sample count), so the mean over ranks of
+  equal local batches is the full batch's. A layer a rank did not reach counts only where it was.
+- **Check points**: the factors and hence the trace-rule decisions are identical on every rank.
+  The layers to update are assigned to ranks by greedy LPT on their cost (:mod:`.assignment`);
+  each rank inverts its own layers (one batched call per block size) and broadcasts their inverse
+  blocks, one flat buffer per rank, so every rank holds every inverse and preconditions its own
+  gradients (identical on every rank). Broadcasting inverses rather than preconditioned gradients
+  costs ``Σ d·s`` numbers per check point instead of ``out·in`` per step: check points are tens to
+  a thousand steps apart, so it is the cheaper choice at every cadence THOR uses (kfac-pytorch's
+  "communication-optimal" mode makes the same trade when inverses are refreshed rarely).
+
+Every rank therefore holds the same state: ``state_dict()`` on rank 0 is the checkpoint and
+``load_state_dict`` on every rank resumes identically.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from thor_planner.optim.assignment import assign_lpt, layer_cost
+from thor_planner.optim.blocks import packed_size, unpack
+from thor_planner.optim.layer import Layer
+from thor_planner.optim.refresh import InverseBlocks, invert
+
+BUCKET_BYTES = 32 * 2**20
+
+
+class DistributedError(RuntimeError):
+    """THOR cannot run on this process group as configured."""
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside ``DistributedDataParallel`` (or ``model`` itself): plan names carry no
+    ``module.`` prefix."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def wanted(distributed: bool | None) -> bool:
+    """Whether THOR runs distributed: ``None`` = when a process group of more than one rank exists."""
+    ready = dist.is_available() and dist.is_initialized()
+    if distributed is None:
+        return ready and dist.get_world_size() > 1
+    if distributed and not ready:
+        raise DistributedError("THOR(distributed=True) needs an initialized process group: call "
+                               "torch.distributed.init_process_group(...) first (torchrun sets its environment)")
+    return bool(distributed)
+
+
+class RankGroup:
+    """The ranks THOR shares factors and inverses with."""
+
+    def __init__(self, layers: list[Layer], device: torch.device, backends):
+        self.world, self.rank = dist.get_world_size(), dist.get_rank()
+        self.device, self.backends = device, backends
+        mine = [(l.name, l.a_part.dim, l.g_part.dim, l.a_part.split, l.g_part.split) for l in layers]
+        everyone: list = [None] * self.world
+        dist.all_gather_object(everyone, {"layers": mine, "device": device.type})
+        devices = sorted({e["device"] for e in everyone})
+        if len(devices) > 1:
+            raise DistributedError(f"THOR ranks are on different device types ({', '.join(devices)}): put every "
+                                   "rank's model on the same kind of device")
+        for r, e in enumerate(everyone):
+            if e["layers"] != mine:
+                theirs, ours = set(map(tuple, e["layers"])), set(mine)
+                raise DistributedError(
+                    f"THOR layers differ between rank {self.rank} and rank {r}: only on rank {self.rank}: "
+                    f"{sorted(n for n, *_ in ours - theirs)}, only on rank {r}: {sorted(n for n, *_ in theirs - ours)}; "
+                    "build the same model and plan on every rank")
+
+    # -- factors -----------------------------------------------------------------------------------
+
+    def average_factors(self, layers: list[Layer], a_new: dict, g_new: dict, dtype) -> tuple[dict, dict]:
+        """The mean over ranks of each layer's new packed factors (over the ranks that captured it)."""
+        chunks, present = [], []
+        for l in layers:
+            has = l.name in a_new and l.name in g_new
+            present.append(1.0 if has else 0.0)
+            for new, part in ((a_new, l.a_part), (g_new, l.g_part)):
+                chunks.append(new[l.name].reshape(-1) if has else
+                              torch.zeros(packed_size(part), dtype=dtype, device=self.device))
+        flat = torch.cat(chunks + [torch.tensor(present, dtype=dtype, device=self.device)])
+        step = max(1, BUCKET_BYTES // flat.element_size())
+        pending = [dist.all_reduce(flat[i: i + step], async_op=True) for i in range(0, flat.numel(), step)]
+        for work in pending:
+            work.wait()
+        counts = flat[-len(layers):].tolist() if layers else []
+        a_out, g_out, offset = {}, {}, 0
+        for l, count in zip(layers, counts):
+            for out, part in ((a_out, l.a_part), (g_out, l.g_part)):
+                size = packed_size(part)
+                if count > 0:
+                    out[l.name] = flat[offset: offset + size] / count
+                offset += size
+        return a_out, g_out
+
+    # -- inverses ----------------------------------------------------------------------------------
+
+    def inverter(self, layers: list[Layer], shift: float) -> list[InverseBlocks]:
+        """Invert each rank's share of ``layers`` there and broadcast the inverse blocks."""
+        owner = assign_lpt([layer_cost(l.a_part, l.g_part) for l in layers], self.world)
+        mine = [l for l, r in zip(layers, owner) if r == self.rank]
+        own_inv: dict[str, InverseBlocks] = {}
+        if mine:
+            _, inv = invert(mine, [f for l in mine for f in (l.a, l.g)], shift, self.backends)
+            own_inv = {l.name: (inv.blocks_of(2 * i), inv.blocks_of(2 * i + 1)) for i, l in enumerate(mine)}
+        dtype = layers[0].a.dtype
+        received: dict[str, InverseBlocks] = {}
+        for r in range(self.world):
+            theirs = [l for l, o in zip(layers, owner) if o == r]
+            if not theirs:
+                continue
+            sizes = [packed_size(p) for l in theirs for p in (l.a_part, l.g_part)]
+            if r == self.rank:
+                flat = torch.cat([b.reshape(-1) for l in theirs for stacks in own_inv[l.name] for b in stacks])
+            else:
+                flat = torch.empty(sum(sizes), dtype=dtype, device=self.device)
+            dist.broadcast(flat, src=r)
+            offset = 0
+            for l in theirs:
+                pair = []
+                for part in (l.a_part, l.g_part):
+                    size = packed_size(part)
+                    pair.append(unpack(flat[offset: offset + size], part))
+                    offset += size
+                received[l.name] = (pair[0], pair[1])
+        return [received[l.name] for l in layers]
