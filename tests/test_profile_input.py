@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
-from cli.app import app
 from conftest import console_script
 from test_cli import assert_fails, invoke, snapshot
 
@@ -243,3 +241,48 @@ def test_sigterm_leaves_no_output_folder(factories: str, tmp_path: Path) -> None
     assert proc.returncode == 143
     assert stderr == "Interrupted: nothing was written.\n" and stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "started"]
+
+
+# ------------------------------------------------------------------- what the CLI says about it
+
+
+def test_show_states_the_interval_tie_break_and_busy_machine(profiled_dir: Path, tmp_path: Path) -> None:
+    d = json.loads((profiled_dir / "plan.json").read_text())
+    d["crossover"].update(x=106.4, y=0.3, split_dim=128, warning=None, interval=[90.2, 131.0], spans=[64, 128],
+                          tie_break="the interval b≈90–131 spans candidates 64, 128: 128 holds the largest share "
+                                    "of it (76%)")
+    d["device"]["busy"] = {"busy": True, "warning": "Other processes used up to 1.9 CPU cores while timing"}
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(d))
+    result = invoke("show", path)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith("Global split"))
+    assert lines[i:i + 3] == [
+        "Global split 128 (crossover at b≈106, interval b≈90–131) for 4 layers",
+        "Note: the interval b≈90–131 spans candidates 64, 128: 128 holds the largest share of it (76%).",
+        "Warning: Other processes used up to 1.9 CPU cores while timing"]
+
+
+def test_budget_plan_states_rule_and_crossing(profile_copy: Path) -> None:
+    result = invoke("plan", "--from", profile_copy, "--rule", "budget")
+    assert result.exit_code == 0, result.output
+    plan = json.loads((profile_copy / "plan.json").read_text())
+    x = plan["crossover"]["x"]
+    assert x is not None  # the curves' crossing is kept apart from the rule's choice
+    assert result.stdout.startswith(f"Global split {plan['crossover']['split_dim']} (rule budget; crossover at "
+                                    f"b≈{x:.0f}")
+
+
+def test_profile_records_interval_busy_and_damping(profiled_dir: Path) -> None:
+    import math
+
+    plan = json.loads((profiled_dir / "plan.json").read_text())
+    low, high = plan["crossover"]["interval"]
+    assert low <= plan["crossover"]["x"] <= high
+    busy = plan["device"]["busy"]
+    assert set(busy) == {"busy", "checked", "threshold_cores", "others_peak_cores", "measurements", "repeated",
+                         "disturbed", "warning"}
+    assert busy["measurements"] >= len(plan["candidates"]) + 1  # every candidate and the training step
+    assert plan["device"]["accuracy"]["shift"] == math.sqrt(0.03)
+    assert isinstance(plan["device"]["backends_cached"], bool)
