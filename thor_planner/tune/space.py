@@ -47,7 +47,7 @@ class Param:
 
 
 _THOR = (
-    Param(name="lr", low=1e-3, high=5e-2, log=True),
+    Param(name="lr", low=1e-3, high=1.0, log=True),  # SGD's range: THOR's steps are grafted to SGD's length
     Param(name="damping_init", low=1e-3, high=0.3, log=True),
     Param(name="damping_decay", low=0.5, high=1.0),
     Param(name="omega1", low=1e-4, high=0.1, log=True),
