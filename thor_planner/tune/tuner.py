@@ -12,6 +12,10 @@ their final accuracy. After each evaluation the trial reports its test error (1 
 optuna's pruner (median rule, from the third trial; ``pruner="none"`` turns it off); a pruned trial
 is recorded as PRUNED, a trial whose training raised (a failed inversion, say) as FAIL.
 
+The TPE sampler is seeded (``seed`` plus the trials already in the study); its first five trials are
+random, so a fixed seed asks the same parameters every time, and later ones also depend on the
+measured seconds. Every trial trains with the same ``seed``.
+
 For ``thor``, the trials share one profile (the ``plan``'s folder, or a quick profile made first) and
 each re-plans its splits from the measurements with its own loss threshold.
 """
