@@ -304,6 +304,62 @@ def test_renders_in_headless_chromium(tmp_path):
         assert 'class="main-svg"' in div[:20_000], f"figure {key} did not render"
 
 
+BBOX_SCRIPT = """<script>window.addEventListener("load", function () { setTimeout(function () {
+  var out = [];
+  document.querySelectorAll(".js-plotly-plot").forEach(function (div) {
+    var svg = div.querySelector(".main-svg").getBoundingClientRect();
+    div.querySelectorAll("text").forEach(function (t) {
+      var r = t.getBoundingClientRect(), g = t.closest("g[class]");
+      if (r.width > 0 && t.textContent.trim()) out.push({fig: div.id, group: g ? g.getAttribute("class") : "",
+        text: t.textContent, left: r.left - svg.left, right: r.right - svg.left, top: r.top - svg.top,
+        bottom: r.bottom - svg.top, width: svg.width, height: svg.height});
+    });
+  });
+  var pre = document.createElement("pre"); pre.id = "bbox"; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+}, 1000); });</script>"""
+
+
+def _text_boxes(tmp_path, chromium, plan, losses, timings, width=1480):
+    """The rendered text boxes of every figure (pixels, relative to each figure's svg)."""
+    import html as html_module
+    import json
+
+    page = tmp_path / "boxes.html"
+    page.write_text(build_report(plan, losses, timings).replace("</body>", BBOX_SCRIPT + "</body>"))
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--window-size={width},1200",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=8000", "--dump-dom", page.resolve().as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r'<pre id="bbox">(.*?)</pre>', dom, re.S)
+    assert found, "the measuring script did not run"
+    return json.loads(html_module.unescape(found.group(1)))
+
+
+@pytest.mark.parametrize("width", [1480, 900])
+def test_curve_labels_stay_inside_and_off_the_ticks(tmp_path, width):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed: headless rendering check skipped")
+    rule = {"name": "budget", "loss_threshold": 0.01, "overhead": 0.05, "interval": 100, "step_seconds": 0.2}
+    plan, losses, timings = resnet50_case(rule=rule)
+    d = plan.to_dict()
+    d["crossover"].update(split_dim=2048, y=0.02)  # a label at the far right, a crossing near the axis
+    boxes = [b for b in _text_boxes(tmp_path, chromium, Plan.from_dict(d), losses, timings, width)
+             if b["fig"] == "fig-curves"]
+    labels = [b for b in boxes if b["text"].startswith(("crossover at", "chosen split"))]
+    assert len(labels) == 2
+    for b in boxes:  # nothing is cut at the figure's edges
+        assert -1 <= b["left"] and b["right"] <= b["width"] + 1, b
+    ticks = [b for b in boxes if "xtick" in b["group"]]
+    assert ticks
+    for label in labels:
+        for tick in ticks:
+            apart = (label["right"] <= tick["left"] or tick["right"] <= label["left"]
+                     or label["bottom"] <= tick["top"] or tick["bottom"] <= label["top"])
+            assert apart, (label, tick)
+
+
 if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "report.html")
     print(write_report(target, *resnet50_case()))

@@ -9,7 +9,12 @@ to the inversion backend the planner timed there (accuracy-checked; ``--backend 
 fastest per size); the runtime passes ``{int(k): v}`` to :func:`inversion.invert_groups`.
 ``device["excluded"]`` lists ``{"backend", "size", "error", "reason"}`` for backends that failed the
 accuracy check; ``device["predicted_from"]`` is present when the timings were predicted from a device
-profile rather than measured.
+profile rather than measured. Added since (absent from older plans): ``device["backends_cached"]``
+(every block size's backend came from the user cache) and ``device["backend_sizes_measured"]``,
+``device["accuracy"]["damping"/"shift"]`` (the check's blocks carry ``shift = sqrt(damping)`` on the
+diagonal, as the runtime's), ``device["busy"]`` (other processes' CPU load while timing, see
+:mod:`thor_planner.timing.busy`), and ``crossover.interval``/``spans``/``tie_break`` (see
+:class:`Crossover`).
 """
 
 from __future__ import annotations
