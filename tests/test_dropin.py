@@ -341,3 +341,10 @@ def test_thor_on_a_tiny_transformer_equals_per_token_kfac() -> None:
             p -= lr * p.grad
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-9, msg=name)
+
+
+def test_a_tied_output_projection_gets_sgd_without_a_plan() -> None:
+    model = TinyTransformer()
+    model.head.weight = model.embed.weight  # tied, as BERT's decoder
+    opt = THOR(model, split=4, lr=0.1)
+    assert "head" not in opt.stats()["layers"] and "up" in opt.stats()["layers"]

@@ -185,3 +185,15 @@ def input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def output_grad_rows(module: nn.Module, grad: torch.Tensor) -> torch.Tensor:
     """The gradient w.r.t. the layer's output as rows ``(R, g_dim)``."""
     return layer_type(module).grad_rows(module, grad)
+
+
+def tied_layers(model: nn.Module) -> set[str]:
+    """Names of Conv2d / Linear layers whose weight another module also owns (a decoder tied to an
+    embedding): their gradient sums both uses, so their Kronecker factors describe neither."""
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for p in module._parameters.values():
+            if p is not None:
+                owners[id(p)] = owners.get(id(p), 0) + 1
+    return {name for name, m in model.named_modules()
+            if layer_type(m) is not None and owners.get(id(m.weight), 0) > 1}

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from thor_planner.capture.collector import find_layers, layer_specs
+from thor_planner.capture.layers import tied_layers
 from thor_planner.inversion.backends import DEFAULT_BACKEND
 from thor_planner.optim.blocks import BlockFactorCollector
 from thor_planner.optim.distributed import RankGroup, unwrap, wanted
@@ -120,8 +121,9 @@ class THOR(torch.optim.Optimizer):
         else:
             self.schedule = schedule or Schedule()
             s = self.schedule
+            tied = tied_layers(model)  # e.g. an output projection tied to the embedding: SGD
             entries = [(sp.name, split or sp.a_dim, split or sp.g_dim, s.omega1, s.omega2)
-                       for sp in find_layers(model)[0]]
+                       for sp in find_layers(model)[0] if sp.name not in tied]
         self.backends = backends if backends is not None else DEFAULT_BACKEND
         self.graft, self.kl_clip, self.grad_scaler, self.precondition = graft, kl_clip, grad_scaler, precondition
         self.capture_tf32 = capture_tf32
