@@ -297,7 +297,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     logits = model(x)
     model.train(was_training)
     hit = (logits.argmax(-1) == y)[y != IGNORE_INDEX]  # masked LM: only the masked tokens count
-    return float(task_loss(logits, y)), float(hit.float().mean())
+    return float(task_loss(logits, y)), int(hit.sum()) / max(hit.numel(), 1)  # exact: 324/360 is 0.9
 
 
 def train(config: TrainConfig, progress: Progress = Progress(), on_eval=None) -> TrainResult:
