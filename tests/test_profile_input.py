@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -286,3 +287,17 @@ def test_profile_records_interval_busy_and_damping(profiled_dir: Path) -> None:
     assert busy["measurements"] >= len(plan["candidates"]) + 1  # every candidate and the training step
     assert plan["device"]["accuracy"]["shift"] == math.sqrt(0.03)
     assert isinstance(plan["device"]["backends_cached"], bool)
+
+
+def test_readme_lists_every_profile_option() -> None:
+    import typer.main
+
+    from cli.app import app
+
+    command = typer.main.get_command(app).commands["profile"]
+    options = {name for param in command.params if getattr(param, "param_type_name", "") == "option"
+               for name in param.opts if name.startswith("--") and name != "--help"}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("`thor-plan profile` options"):readme.index("### Inversion backends")]
+    listed = set(re.findall(r"`(--[a-z-]+)", table)) - {"--help"}  # "(all have `--help`)"
+    assert options == listed
