@@ -207,7 +207,10 @@ def run_profile(cfg: ProfileConfig, progress: Progress = Progress(),
     max_dim = max(f.shape[0] for *_, f in named)
     candidates = wanted or default_candidates(max_dim, cfg.max_split)
     with progress.stage("information loss", len(named)) as advance:
-        losses = loss_table(named, candidates, progress=advance)
+        # on the CPU wherever the factors were captured: the batched small eigensolves are
+        # launch-bound on a GPU (an H100 took longer than two CPU cores), and the losses then do not
+        # depend on the device's eigensolver
+        losses = loss_table([(n, k, w, f.cpu()) for n, k, w, f in named], candidates, progress=advance)
     factors = [f for *_, f in named]
     dims = [f.shape[0] for f in factors]
     if profile is not None:
