@@ -173,7 +173,7 @@ def run_profile(cfg: ProfileConfig, progress: Progress = Progress(),
     profile = load_device_profile(cfg.device_profile) if cfg.device_profile else None
     check_backend_for(cfg.backend, str(profile.device["type"]) if profile is not None else device.type)
     loaded = load_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights)
-    specs, _ = find_layers(loaded.model, cfg.skip)
+    specs, _ = find_layers(loaded.model, skip_pattern(cfg.skip, loaded.planner_skips))
     if not specs:
         every = find_layers(loaded.model)[0]
         if cfg.skip is not None and every:
