@@ -55,6 +55,12 @@ def device_profile_cmd(
             raise UserError(f"Invalid --backends={backends!r}: unknown {', '.join(unknown) or '(none given)'}; "
                             f"available here: {', '.join(BACKENDS)}")
         dev = resolve_device(device)
+        from thor_planner.inversion.extra import CUDA_ONLY
+
+        cuda_only = [n for n in names or [] if n in CUDA_ONLY]
+        if cuda_only and dev.type != "cuda":
+            raise UserError(f"Invalid --backends={backends!r}: {', '.join(cuda_only)} runs on CUDA only; on "
+                            f"{dev.type} use {', '.join(n for n in BACKENDS if n not in CUDA_ONLY)}")
         info = {k: v for k, v in device_info(dev, "auto").items() if k != "backend"}
         path = out or Path("profiles") / "devices" / f"{device_slug(info)}.json"
         bars = BarProgress()

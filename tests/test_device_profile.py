@@ -282,6 +282,9 @@ def test_cli_offline_profile_refuses_a_missing_file_and_the_budget_rule(tmp_path
     (["--backends", "magic"], f"Invalid --backends='magic': unknown magic; available here: {', '.join(BACKENDS)}"),
     (["--cell-budget", "0"], "Invalid --cell-budget=0: must be > 0 seconds"),
     (["--device", "tpu"], "Invalid --device='tpu': use auto, cpu or cuda"),
+    (["--device", "cpu", "--backends", "torch-inv,newton-schulz-bf16"],
+     "Invalid --backends='torch-inv,newton-schulz-bf16': newton-schulz-bf16 runs on CUDA only; on cpu use "
+     "torch-cholesky, torch-cholesky-solve, torch-inv, newton-schulz"),
 ])
 def test_cli_device_profile_bad_input(tmp_path: Path, args, message) -> None:
     result = invoke("device-profile", "--out", tmp_path / "x.json", *args)
