@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from thor_planner import THOR
-from thor_planner.optim.assignment import assign_lpt, makespan
+from thor_planner.planning.assignment import assign_lpt, makespan
 from thor_planner.optim.distributed import DistributedError
 from thor_planner.planning.plan import Schedule
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from thor_planner.optim.assignment import assign_lpt, layer_cost
+from thor_planner.planning.assignment import assign_lpt, layer_cost
 from thor_planner.optim.blocks import packed_size, unpack
 from thor_planner.optim.layer import Layer
 from thor_planner.optim.refresh import InverseBlocks, invert
