@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import machine_line, write_section  # noqa: E402
+from results import machine_line, write_json, write_section  # noqa: E402
 
+from thor_planner.optim.skips import DivergedError  # noqa: E402
 from thor_planner.planning.planner import Rule, RuleConfig, make_plan  # noqa: E402
 from thor_planner.profiling.profiler import ProfileConfig, run_profile  # noqa: E402
 from thor_planner.timing.candidates import TimingConfig  # noqa: E402
@@ -38,27 +39,17 @@ from thor_planner.training.loop import PROFILE_NAMES, TrainConfig, train  # noqa
 TARGET = 0.97
 EPOCHS = 20
 EVAL_EVERY = 5
-THOR_GRID = (0.001, 0.003, 0.01, 0.02)
+SGD_GRID = (0.01, 0.03, 0.1, 0.2)
+THOR_GRID = SGD_GRID  # THOR's steps are grafted to SGD's length: SGD's grid is THOR's
 GRIDS = {"thor": THOR_GRID, "thor-budget": THOR_GRID, "thor-128": THOR_GRID, "kfac": THOR_GRID,
-         "sgd": (0.01, 0.03, 0.1, 0.2), "adamw": (0.001, 0.003, 0.01, 0.02)}
-NOTES = """Why the goals are missed (numbers from the run recorded here):
-
-- The crossover is degenerate on this CPU, as the planner warns: inverting 16×16 blocks is nearly
-  free, so the curves cross at b ≈ 16, where only 17–36% of the factors keep their curvature within
-  1%. On the cnn every factor is at most 145 wide, so THOR-128 is practically dense K-FAC and all
-  THOR variants cost the same per step (ms/step column); the planned split only loses curvature
-  (195 median steps against 160 for THOR-128 and 135 for dense K-FAC). The budget rule the warning
-  recommends picks 128 and ties THOR-128.
-- Against SGD, THOR variants need about half of SGD's steps (or fewer), but on models this small a
-  planned-THOR step costs 1.4× (cnn) to 1.9× (mlp-wide) an SGD step in this loop (fixed per-layer
-  costs on a ~1.4 ms step: see the step-overhead section), so planned THOR ends at 0.75× (cnn) and
-  0.91× (mlp-wide) of SGD's time instead of ≤ 0.6×; the best THOR variant, dense K-FAC on the cnn,
-  reaches 0.54×.
-- Where factors are wider (mlp-wide, up to 513) the split matters: split 16 cuts the step from 8.0 ms
-  (dense) and 3.6 ms (128) to 2.5 ms at a similar step count, so planned THOR beats THOR-128 (0.74×)
-  and dense K-FAC (0.24×) there; SGD and AdamW remain as fast at this scale."""
+         "sgd": SGD_GRID, "adamw": (0.001, 0.003, 0.01, 0.02)}
+#: How the step size is set (cnn only): the planned THOR with grafting off, with K-FAC's KL clip
+#: instead, and with both. ``(graft, kl_clip)``.
+STEP_SIZE = {"thor-raw": (None, None), "thor-kl": (None, 1e-3), "thor-graft-kl": ("sgd", 1e-3)}
 LABELS = {"thor": "THOR (planned, crossover)", "thor-budget": "THOR (planned, budget)", "thor-128": "THOR-128",
-          "kfac": "K-FAC (dense)", "sgd": "SGD", "adamw": "AdamW"}
+          "kfac": "K-FAC (dense)", "sgd": "SGD", "adamw": "AdamW", "thor-raw": "THOR (planned), no grafting",
+          "thor-kl": "THOR (planned), KL clip 1e-3 instead of grafting",
+          "thor-graft-kl": "THOR (planned), grafting + KL clip 1e-3"}
 
 
 def profile(model: str, folder: Path):
@@ -77,30 +68,42 @@ def fmt(seconds: float) -> str:
     return "∞" if math.isinf(seconds) else f"{seconds:.2f}"
 
 
-def run_model(model: str, seeds: int, folder: Path) -> tuple[list[str], dict]:
+def run_model(model: str, seeds: int, folder: Path) -> tuple[list[str], dict, dict]:
     plan, budget, plan_paths, profile_s = profile(model, folder)
+    grids = dict(GRIDS, **({k: THOR_GRID for k in STEP_SIZE} if model == "cnn" else {}))
     grid: dict[tuple[str, float], list[tuple[float, float, float]]] = {}
+    diverged: dict[tuple[str, float], int] = {}
     for seed in range(seeds):  # seeds outermost: slow drifts of the machine spread over every method
-        for key, lrs in GRIDS.items():
+        for key, lrs in grids.items():
+            graft, kl_clip = STEP_SIZE.get(key, ("sgd", None))
             for lr in lrs:
-                cfg = TrainConfig(model=model, data="digits", optimizer="thor" if key in plan_paths else key, lr=lr,
+                planned = key in plan_paths or key in STEP_SIZE
+                cfg = TrainConfig(model=model, data="digits", optimizer="thor" if planned else key, lr=lr,
                                   epochs=EPOCHS, seed=seed, eval_every=EVAL_EVERY, target_accuracy=TARGET,
-                                  plan=plan_paths.get(key))
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # THOR's NaN-step warnings on diverging learning rates
-                    result = train(cfg)
+                                  plan=plan_paths.get(key, plan_paths["thor"]) if planned else None,
+                                  **({"graft": graft, "kl_clip": kl_clip} if key not in ("sgd", "adamw") else {}))
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # THOR's NaN-step warnings on diverging learning rates
+                        result = train(cfg)
+                except DivergedError:
+                    diverged[(key, lr)] = diverged.get((key, lr), 0) + 1
+                    grid.setdefault((key, lr), []).append((math.inf, math.inf, math.nan))
+                    continue
+                diverged[(key, lr)] = diverged.get((key, lr), 0) + (result.stopped == "diverged")
                 hit = result.target_seconds
                 grid.setdefault((key, lr), []).append((hit if hit is not None else math.inf,
                                                        result.steps if hit is not None else math.inf,
                                                        result.seconds / result.steps))
         print(f"{model}: seed {seed} done", flush=True)
     best = {}
-    for optimizer, lrs in GRIDS.items():
+    for optimizer, lrs in grids.items():
         lr = min(lrs, key=lambda lr: (statistics.median(r[0] for r in grid[(optimizer, lr)]),
                                       statistics.median(r[1] for r in grid[(optimizer, lr)])))
         runs = grid[(optimizer, lr)]
+        per_step = [r[2] for r in runs if math.isfinite(r[2])]
         best[optimizer] = (lr, statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs),
-                           statistics.median(r[2] for r in runs), runs)
+                           statistics.median(per_step) if per_step else math.nan, runs)
     def splits(p):
         return ", ".join(f"{lp.name} {lp.a_split}/{lp.g_split}" for lp in p.layers)
 
@@ -124,16 +127,28 @@ def run_model(model: str, seeds: int, folder: Path) -> tuple[list[str], dict]:
         ratio = med / sgd if math.isfinite(med) and math.isfinite(sgd) else math.nan
         lines.append(f"| {LABELS[optimizer]} | {lr:g} | {fmt(med)} | {', '.join(fmt(r[0]) for r in runs)} | "
                      f"{steps if math.isinf(steps) else int(steps)} | {per_step * 1e3:.2f} | {ratio:.2f}× |")
-    lines += ["", "All learning rates (median seconds to target; runs that reached it):", "",
+    lines += ["", "All learning rates (median seconds to target; runs that reached it; runs that diverged):", "",
               "| optimizer | " + " | ".join(f"lr {i + 1}" for i in range(4)) + " |", "|---|---|---|---|---|"]
-    for optimizer, lrs in GRIDS.items():
+    for optimizer, lrs in grids.items():
         cells = []
         for lr in lrs:
             runs = grid[(optimizer, lr)]
             cells.append(f"{lr:g}: {fmt(statistics.median(r[0] for r in runs))} "
-                         f"({sum(math.isfinite(r[0]) for r in runs)}/{len(runs)})")
+                         f"({sum(math.isfinite(r[0]) for r in runs)}/{len(runs)} reached, "
+                         f"{diverged.get((optimizer, lr), 0)} diverged)")
         lines.append(f"| {LABELS[optimizer]} | " + " | ".join(cells) + " |")
-    return lines, {k: v[1] for k, v in best.items()}
+    sgd_lr = best["sgd"][0]
+    thor_keys = [k for k in grids if k not in ("sgd", "adamw")]
+    at_sgd = {k: diverged.get((k, sgd_lr), 0) for k in thor_keys}
+    lines += ["", f"Divergence at SGD's best rate ({sgd_lr:g}): " + ", ".join(
+        f"{LABELS[k]} {n}/{seeds}" for k, n in at_sgd.items()) + "."]
+    data = {"plan_split": plan.split_dim, "budget_split": budget.split_dim,
+            "best": {k: {"lr": v[0], "median_seconds": v[1], "median_steps": v[2], "ms_per_step": v[3] * 1e3,
+                         "per_seed_seconds": [r[0] for r in v[4]]} for k, v in best.items()},
+            "grid": {f"{k}@{lr:g}": {"seconds": [r[0] for r in runs], "diverged": diverged.get((k, lr), 0)}
+                     for (k, lr), runs in grid.items()},
+            "diverged_at_sgd_best_lr": at_sgd}
+    return lines, {k: v[1] for k, v in best.items()}, data
 
 
 def verdict(model: str, t: dict) -> list[str]:
@@ -261,12 +276,13 @@ def main() -> None:
         (print if args.no_write else (lambda t: write_section("convergence-mlm", t)))(text)
         return
     start = time.perf_counter()
-    body, verdicts = [], []
+    body, verdicts, figures = [], [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
-            lines, times = run_model(model, args.seeds, Path(tmp))
+            lines, times, figures[model] = run_model(model, args.seeds, Path(tmp))
             body += lines + [""]
             verdicts += verdict(model, times)
+            figures[model]["goals"] = verdict(model, times)
     total = time.perf_counter() - start
     head = [
         "## Time to target accuracy on digits (`bench/convergence.py`)",
@@ -277,19 +293,23 @@ def main() -> None:
         f"Target: test accuracy ≥ {TARGET:.0%} on the 360-image digits test split (scikit-learn's 8×8 digits, "
         f"stratified 80/20, seed 0). Every run: batch 32, weight decay 5e-4, cosine learning rate over "
         f"{EPOCHS} epochs (45 steps each), evaluation every {EVAL_EVERY} steps outside the clock, stop at the "
-        f"target; ∞ = not reached in {EPOCHS} epochs. Learning-rate grids: THOR / THOR-128 / K-FAC "
-        f"{list(THOR_GRID)}, SGD {list(GRIDS['sgd'])} (momentum 0.9), AdamW {list(GRIDS['adamw'])}; per "
-        f"optimizer the rate with the smallest median over seeds 0–{args.seeds - 1}. THOR variants: momentum "
-        "0.9, the default schedule (factors every 10 steps, check points every 10 steps, damping 0.03).",
+        f"target; ∞ = not reached in {EPOCHS} epochs. Learning-rate grids: THOR variants use SGD's "
+        f"{list(THOR_GRID)} (momentum 0.9), AdamW {list(GRIDS['adamw'])}; per optimizer the rate with the "
+        f"smallest median over seeds 0–{args.seeds - 1}. THOR variants: momentum 0.9, the step's length "
+        "grafted from SGD's (the default) unless the row says otherwise, the default schedule (factors every "
+        "10 steps, check points 10, 20, 40, … apart, damping 0.03). A run diverges when its loss turns "
+        "non-finite or THOR raises DivergedError.",
         "",
         "Goals:",
         *verdicts,
         "",
-        NOTES,
-        "",
     ]
-    write = print if args.no_write else (lambda text: write_section("convergence", text))
-    write("\n".join(head + body))
+    if args.no_write:
+        print("\n".join(head + body))
+        return
+    write_section("convergence", "\n".join(head + body))
+    write_json("convergence", {"machine": machine_line(), "command": " ".join(sys.argv), "minutes": total / 60,
+                               "target": TARGET, "epochs": EPOCHS, "models": figures})
 
 
 if __name__ == "__main__":

@@ -94,6 +94,10 @@ class TrainConfig:
     #: ``mlbfgs``: keyword options of :class:`~thor_planner.optim.mlbfgs.MLBFGS` (history_size,
     #: update_every, damping); its momentum is ``momentum``.
     mlbfgs_options: dict | None = None
+    #: THOR variants: ``"sgd"`` (the step's length grafted from SGD's) or ``None`` (the raw natural
+    #: gradient), and K-FAC's KL clipping bound (``None``: off).
+    graft: str | None = "sgd"
+    kl_clip: float | None = None
 
     def __post_init__(self) -> None:
         for what, value, options in (("model", self.model, MODELS), ("data", self.data, DATA),
@@ -123,6 +127,10 @@ class TrainConfig:
         if self.schedule is not None and self.optimizer not in THOR_VARIANTS:
             raise TrainConfigError(f"Invalid schedule: a schedule applies only to {_names(THOR_VARIANTS)}, "
                                    f"not '{self.optimizer}'")
+        if self.graft not in ("sgd", None):
+            raise TrainConfigError(f"Invalid graft={self.graft!r}: use 'sgd' or None")
+        if self.kl_clip is not None and not self.kl_clip > 0:
+            raise TrainConfigError(f"Invalid kl_clip={self.kl_clip}: must be > 0 (or None)")
         if self.mlbfgs_options is not None and self.optimizer != "mlbfgs":
             raise TrainConfigError(f"Invalid mlbfgs_options: they apply only to optimizer 'mlbfgs', "
                                    f"not '{self.optimizer}'")
@@ -271,10 +279,11 @@ def make_optimizer(config: TrainConfig, model: nn.Module, plan=None) -> torch.op
         return MLBFGS(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd, **(config.mlbfgs_options or {}))
     from thor_planner.optim import THOR
 
+    common = {"lr": lr, "momentum": momentum, "weight_decay": wd, "schedule": config.schedule,
+              "graft": config.graft, "kl_clip": config.kl_clip}
     if config.optimizer == "thor":
-        return THOR(model, plan, lr=lr, momentum=momentum, weight_decay=wd, schedule=config.schedule)
-    split = 128 if config.optimizer == "thor-128" else None
-    return THOR(model, split=split, lr=lr, momentum=momentum, weight_decay=wd, schedule=config.schedule)
+        return THOR(model, plan, **common)
+    return THOR(model, split=128 if config.optimizer == "thor-128" else None, **common)
 
 
 # -------------------------------------------------------------------------------- the loop
