@@ -154,3 +154,14 @@ def test_lpt_assignment_is_within_grahams_bound(costs, ranks) -> None:
 
 def test_lpt_puts_the_largest_job_alone() -> None:
     assert assign_lpt([1, 1, 1, 10], 2) == [1, 1, 1, 0]
+
+
+def test_rank_share_is_the_lpt_makespan_over_the_total() -> None:
+    from thor_planner.planning.assignment import rank_share
+
+    dims = [(64, 64), (64, 64), (128, 32), (16, 16)]
+    # split 64: costs 2·64³, 2·64³, 2·64³ + 32³ (A 128 → two 64-blocks), 2·16³
+    costs = [2 * 64**3, 2 * 64**3, 2 * 64**3 + 32**3, 2 * 16**3]
+    assert rank_share(dims, 64, 1) == 1.0
+    assert rank_share(dims, 64, 2) == pytest.approx((costs[0] + costs[1]) / sum(costs))  # {2, 3} vs {0, 1}
+    assert rank_share(dims, 64, 8) == pytest.approx(costs[2] / sum(costs))

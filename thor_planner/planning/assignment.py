@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
-from thor_planner.partition import Partition
+from thor_planner.partition import Partition, partition
 
 
 def layer_cost(a_part: Partition, g_part: Partition) -> float:
@@ -41,3 +41,16 @@ def makespan(costs: Sequence[float], owner: Sequence[int], ranks: int) -> float:
     for c, r in zip(costs, owner):
         loads[r] += c
     return max(loads)
+
+
+def rank_share(layer_dims: Sequence[tuple[int, int]], split: int, ranks: int) -> float:
+    """The busiest rank's share of a whole-network refresh when every factor is split at ``split``
+    and the layers (``(a_dim, g_dim)`` each) are spread over ``ranks`` by :func:`assign_lpt`:
+    ``makespan / total`` of ``Σ s³``, 1.0 on one rank. The planner multiplies a measured
+    whole-network inversion time by it to predict one rank's refresh time (the grouping and launch
+    overheads are assumed to shrink in the same proportion)."""
+    costs = [layer_cost(partition(a, split), partition(g, split)) for a, g in layer_dims]
+    total = sum(costs)
+    if ranks <= 1 or total == 0:
+        return 1.0
+    return makespan(costs, assign_lpt(costs, ranks), ranks) / total
