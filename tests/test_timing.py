@@ -152,3 +152,13 @@ def test_outside_a_monitor_measure_is_unwatched() -> None:
     from thor_planner.timing.busy import current
 
     assert current() is None
+
+
+def test_a_long_cpu_warmup_counts_as_the_first_repeat():
+    import time
+
+    calls = []
+    times = measure(lambda: (calls.append(1), time.sleep(0.02)), torch.device("cpu"),
+                    TimingConfig(budget_s=0.05, min_repeats=1, max_repeats=5))
+    # 0.02 s ≥ a quarter of the 0.05 s budget: the warm-up is kept; repeats stop once 0.05 s is reached
+    assert len(calls) == len(times) == 3 and all(t >= 0.02 for t in times)
