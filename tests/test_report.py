@@ -171,7 +171,24 @@ def test_labels_near_the_right_edge_point_inwards():
     cross = next(t for t in fig.data if t.name == "crossover")
     chosen = next(t for t in fig.data if t.name == "chosen split 64")
     assert cross.textposition == "bottom left"  # high and at the right: below and to the left
-    assert chosen.textposition == "middle left" and chosen.text[1] == "chosen split 64 "
+    assert chosen.textposition == "middle left" and chosen.text[1].strip() == "chosen split 64"
+    # the axis buttons move both labels as well: on the linear axis 60 of 1…64 is also far right
+    log, linear = fig.layout.updatemenus[0].buttons
+    assert log.method == linear.method == "update"
+    assert log.args[0]["textposition"] == ["bottom left", "middle left"]
+    assert linear.args[0]["textposition"] == ["bottom left", "middle left"]
+    assert list(log.args[2]) == list(linear.args[2]) == [fig.data.index(cross), fig.data.index(chosen)]
+
+
+def test_labels_follow_the_axis_switch():
+    # a crossing at b≈24 of 1…2048 sits at 42% of the log axis but at 1% of the linear one
+    plan, losses, timings = resnet50_case()
+    d = plan.to_dict()
+    d["crossover"].update(x=24.0, y=0.3, split_dim=32)
+    fig = figures(Plan.from_dict(d), losses, timings)["curves"]
+    log, linear = fig.layout.updatemenus[0].buttons
+    assert log.args[0]["textposition"] == ["top left", "middle right"]  # left of the crossing, away from 32
+    assert linear.args[0]["textposition"] == ["top right", "middle right"]  # inwards at the axis's left end
 
 
 def test_interval_band_and_cards():
@@ -305,6 +322,11 @@ def test_renders_in_headless_chromium(tmp_path):
 
 
 BBOX_SCRIPT = """<script>window.addEventListener("load", function () { setTimeout(function () {
+  if (window.THOR_AXIS === "linear") {  // press the "linear b" button of the curves figure
+    var fig = document.getElementById("fig-curves"), args = fig.layout.updatemenus[0].buttons[1].args;
+    Plotly.update(fig, args[0], args[1], args[2]);
+  }
+}, 500); setTimeout(function () {
   var out = [];
   document.querySelectorAll(".js-plotly-plot").forEach(function (div) {
     var svg = div.querySelector(".main-svg").getBoundingClientRect();
@@ -317,16 +339,18 @@ BBOX_SCRIPT = """<script>window.addEventListener("load", function () { setTimeou
   });
   var pre = document.createElement("pre"); pre.id = "bbox"; pre.textContent = JSON.stringify(out);
   document.body.appendChild(pre);
-}, 1000); });</script>"""
+}, 1500); });</script>"""
 
 
-def _text_boxes(tmp_path, chromium, plan, losses, timings, width=1480):
-    """The rendered text boxes of every figure (pixels, relative to each figure's svg)."""
+def _text_boxes(tmp_path, chromium, plan, losses, timings, width=1480, axis="log"):
+    """The rendered text boxes of every figure (pixels, relative to each figure's svg), with the
+    curves figure on its ``log`` (default) or ``linear`` split axis."""
     import html as html_module
     import json
 
     page = tmp_path / "boxes.html"
-    page.write_text(build_report(plan, losses, timings).replace("</body>", BBOX_SCRIPT + "</body>"))
+    script = f'<script>window.THOR_AXIS = "{axis}";</script>' + BBOX_SCRIPT
+    page.write_text(build_report(plan, losses, timings).replace("</body>", script + "</body>"))
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--window-size={width},1200",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=8000", "--dump-dom", page.resolve().as_uri()]
@@ -336,8 +360,8 @@ def _text_boxes(tmp_path, chromium, plan, losses, timings, width=1480):
     return json.loads(html_module.unescape(found.group(1)))
 
 
-@pytest.mark.parametrize("width", [1480, 900])
-def test_curve_labels_stay_inside_and_off_the_ticks(tmp_path, width):
+@pytest.mark.parametrize("width, axis", [(1480, "log"), (900, "log"), (1480, "linear")])
+def test_curve_labels_stay_inside_and_off_the_ticks(tmp_path, width, axis):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not installed: headless rendering check skipped")
@@ -345,9 +369,11 @@ def test_curve_labels_stay_inside_and_off_the_ticks(tmp_path, width):
     plan, losses, timings = resnet50_case(rule=rule)
     d = plan.to_dict()
     d["crossover"].update(split_dim=2048, y=0.02)  # a label at the far right, a crossing near the axis
-    boxes = [b for b in _text_boxes(tmp_path, chromium, Plan.from_dict(d), losses, timings, width)
+    boxes = [b for b in _text_boxes(tmp_path, chromium, Plan.from_dict(d), losses, timings, width, axis)
              if b["fig"] == "fig-curves"]
-    labels = [b for b in boxes if b["text"].startswith(("crossover at", "chosen split"))]
+    ticks = {b["text"] for b in boxes if "xtick" in b["group"]}
+    assert ticks == ({str(c) for c in CANDIDATES} if axis == "log" else {"1", "128", "256", "512", "1024", "2048"})
+    labels = [b for b in boxes if b["text"].strip().startswith(("crossover at", "chosen split"))]
     assert len(labels) == 2
     for b in boxes:  # nothing is cut at the figure's edges
         assert -1 <= b["left"] and b["right"] <= b["width"] + 1, b

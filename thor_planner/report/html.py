@@ -59,15 +59,28 @@ def _dense(cands: list[int], values: list[float], steps: int = 24) -> tuple[list
     return xs, ys
 
 
-def _log_position(cands: list[int], x: float) -> float:
-    """Where ``x`` sits across the log axis (0 at the first candidate, 1 at the last)."""
+def _position(cands: list[int], x: float, axis: str = "log") -> float:
+    """Where ``x`` sits across the ``log`` or ``linear`` axis (0 at the first candidate, 1 at the last)."""
+    if axis == "linear":
+        return (x - cands[0]) / (cands[-1] - cands[0]) if cands[-1] > cands[0] else 0.0
     lo, hi = np.log2(cands[0]), np.log2(cands[-1])
     return float((np.log2(max(x, cands[0])) - lo) / (hi - lo)) if hi > lo else 0.0
 
 
-def _side(cands: list[int], x: float) -> str:
+def _side(cands: list[int], x: float, axis: str = "log") -> str:
     """Labels go to the left of points in the right part of the axis, so none is cut at the edge."""
-    return "left" if _log_position(cands, x) > 0.7 else "right"
+    return "left" if _position(cands, x, axis) > 0.7 else "right"
+
+
+def _label_positions(cands: list[int], co, split: int, axis: str) -> tuple[str | None, str]:
+    """Text positions of the crossover label (away from the chosen split's dashed line, inwards near
+    either end) and of the chosen-split label, on the ``log`` or ``linear`` axis."""
+    cross = None
+    if co.x is not None and co.y is not None:
+        vertical = "bottom" if co.y > 0.8 else "top"
+        side = "left" if split >= co.x and _position(cands, co.x, axis) > 0.25 else _side(cands, co.x, axis)
+        cross = f"{vertical} {side}"
+    return cross, f"middle {_side(cands, split, axis)}"
 
 
 def curves_figure(plan: Plan) -> go.Figure:
@@ -93,19 +106,19 @@ def curves_figure(plan: Plan) -> go.Figure:
         fig.add_scatter(x=list(cands), y=list(curves[key]), name=name, legendgroup=key, showlegend=False,
                         mode="markers", customdata=list(secs), marker=dict(size=8, color=color),
                         hovertemplate=f"%{{y:{fmt}}} · inversion %{{customdata:.3g}} s<extra>{name}</extra>")
+    positions = {axis: _label_positions(list(cands), co, split, axis) for axis in ("log", "linear")}
+    labelled = []  # trace indices of the two labels, repositioned when the axis switches
     if co.x is not None and co.y is not None:
-        vertical = "bottom" if co.y > 0.8 else "top"
-        # away from the chosen split's dashed line, and inwards near either end of the axis
-        side = "left" if split >= co.x and _log_position(cands, co.x) > 0.25 else _side(cands, co.x)
+        labelled.append(len(fig.data))
         fig.add_scatter(x=[co.x], y=[co.y], name="crossover", mode="markers+text", showlegend=False,
-                        text=[f"crossover at b≈{co.x:.0f}"], textposition=f"{vertical} {side}",
+                        text=[f"crossover at b≈{co.x:.0f}"], textposition=positions["log"][0],
                         textfont=dict(size=13, color=INK), cliponaxis=False,
                         marker=dict(size=15, symbol="circle-open", color=INK, line=dict(width=3)),
                         hovertemplate=f"crossover b≈{co.x:.1f}, y={co.y:.3f}<extra></extra>")
-    side = _side(cands, split)
-    label = f"chosen split {split} " if side == "left" else f" chosen split {split}"
+    labelled.append(len(fig.data))
     fig.add_scatter(x=[split, split], y=[0, 0.97], name=f"chosen split {split}", mode="lines+text",
-                    text=["", label], textposition=f"middle {side}", showlegend=False, cliponaxis=False,
+                    text=["", f" chosen split {split} "], textposition=positions["log"][1], showlegend=False,
+                    cliponaxis=False,
                     textfont=dict(size=13, color=SPLIT_COLOR), line=dict(color=SPLIT_COLOR, width=2, dash="dash"),
                     hoverinfo="skip")
     title, rule_line = "Information loss vs. inversion cost", ""
@@ -119,12 +132,14 @@ def curves_figure(plan: Plan) -> go.Figure:
                       legend=dict(y=1.0, yanchor="bottom"), updatemenus=[dict(
         type="buttons", direction="right", x=1, xanchor="right", y=0.1, yanchor="bottom", showactive=True,
         font=dict(size=11), bgcolor="white", pad=dict(r=0, t=0, b=0, l=0), buttons=[
-            dict(label="log b", method="relayout",
-                 args=[{"xaxis.type": "log", "xaxis.tickvals": ticks, "xaxis.ticktext": list(map(str, ticks)),
-                        "xaxis.autorange": True}]),
-            dict(label="linear b", method="relayout",
-                 args=[{"xaxis.type": "linear", "xaxis.tickvals": sparse,
-                        "xaxis.ticktext": list(map(str, sparse)), "xaxis.autorange": True}]),
+            dict(label="log b", method="update",
+                 args=[{"textposition": [p for p in positions["log"] if p]},
+                       {"xaxis.type": "log", "xaxis.tickvals": ticks, "xaxis.ticktext": list(map(str, ticks)),
+                        "xaxis.autorange": True}, labelled]),
+            dict(label="linear b", method="update",
+                 args=[{"textposition": [p for p in positions["linear"] if p]},
+                       {"xaxis.type": "linear", "xaxis.tickvals": sparse,
+                        "xaxis.ticktext": list(map(str, sparse)), "xaxis.autorange": True}, labelled]),
         ])])
     fig.update_xaxes(type="log", title_text="split dimension b", tickvals=ticks, ticktext=list(map(str, ticks)),
                      showspikes=True, spikemode="across", spikethickness=1, spikedash="dot", spikecolor="#adb5bd")
