@@ -360,23 +360,25 @@ def _text_boxes(tmp_path, chromium, plan, losses, timings, width=1480, axis="log
     return json.loads(html_module.unescape(found.group(1)))
 
 
-@pytest.mark.parametrize("width, axis", [(1480, "log"), (900, "log"), (1480, "linear")])
-def test_curve_labels_stay_inside_and_off_the_ticks(tmp_path, width, axis):
+@pytest.mark.parametrize("width, axis, split", [(1480, "log", 2048), (900, "log", 2048), (1480, "linear", 2048),
+                                                (1480, "log", 1)])
+def test_curve_labels_stay_inside_and_off_the_ticks(tmp_path, width, axis, split):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not installed: headless rendering check skipped")
     rule = {"name": "budget", "loss_threshold": 0.01, "overhead": 0.05, "interval": 100, "step_seconds": 0.2}
     plan, losses, timings = resnet50_case(rule=rule)
     d = plan.to_dict()
-    d["crossover"].update(split_dim=2048, y=0.02)  # a label at the far right, a crossing near the axis
-    boxes = [b for b in _text_boxes(tmp_path, chromium, Plan.from_dict(d), losses, timings, width, axis)
-             if b["fig"] == "fig-curves"]
+    d["crossover"].update(split_dim=split, y=0.02)  # labels at either end, a crossing near the axis
+    every = _text_boxes(tmp_path, chromium, Plan.from_dict(d), losses, timings, width, axis)
+    boxes = [b for b in every if b["fig"] == "fig-curves"]
+    for b in every:  # no figure cuts a label at its edges
+        assert -1 <= b["left"] and b["right"] <= b["width"] + 1, b
+    assert any(b["text"] == f"chosen split {split}" for b in every if b["fig"] == "fig-timing")
     ticks = {b["text"] for b in boxes if "xtick" in b["group"]}
     assert ticks == ({str(c) for c in CANDIDATES} if axis == "log" else {"1", "128", "256", "512", "1024", "2048"})
     labels = [b for b in boxes if b["text"].strip().startswith(("crossover at", "chosen split"))]
     assert len(labels) == 2
-    for b in boxes:  # nothing is cut at the figure's edges
-        assert -1 <= b["left"] and b["right"] <= b["width"] + 1, b
     ticks = [b for b in boxes if "xtick" in b["group"]]
     assert ticks
     for label in labels:

@@ -225,7 +225,8 @@ def timing_figure(plan: Plan, timings: pd.DataFrame) -> go.Figure:
     if not chosen.empty:
         fig.add_scatter(x=[plan.split_dim], y=[float(chosen["median_s"].iloc[0])], mode="markers+text",
                         name=f"chosen split {plan.split_dim}", text=[f"chosen split {plan.split_dim}"],
-                        textposition="top left", textfont=dict(color=SPLIT_COLOR), hoverinfo="skip",
+                        textposition="top left" if _position(list(plan.candidates), plan.split_dim) > 0.3
+                        else "top right", textfont=dict(color=SPLIT_COLOR), hoverinfo="skip", cliponaxis=False,
                         marker=dict(size=18, symbol="star", color=SPLIT_COLOR, line=dict(color="white", width=1)))
     dev = plan.device
     sub = " · ".join(_label(v) for v in (dev.get("name") or dev.get("type"), dev.get("backend"), dev.get("dtype")) if v)
