@@ -38,7 +38,6 @@ wherever a block's inverse does not depend on the other blocks of its batch (tru
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping
 
@@ -298,7 +297,7 @@ class THOR(torch.optim.Optimizer):
                 self._collector.reset()
             if self._step >= self._next_check:
                 t = self._step
-                if check_point(self._live(), t, math.sqrt(self.schedule.damping(t)), self._inverter):
+                if check_point(self._live(), t, self.schedule.shift(t), self._inverter):
                     for layer in self._layers:
                         if layer.trace.frozen:
                             layer.a = layer.g = None  # its inverses are final: the factors are not needed

@@ -32,7 +32,7 @@ from thor_planner.planning.plan import Plan
 from thor_planner.planning.planner import Rule, RuleConfig, make_plan
 from thor_planner.training.loop import (DATA, MODELS, OPTIMIZERS, TrainConfig, build_model, load_split,
                                         train)
-from thor_planner.tune.space import SPACES, signature, suggest, train_options
+from thor_planner.tune.space import signature, suggest, train_options
 from thor_planner.tune.study import DEFAULT_STORAGE, TuneError, import_optuna, open_study
 from thor_planner.utils.progress import Progress
 
