@@ -57,14 +57,17 @@ def main_options(
     """Plan THOR's per-layer Kronecker-factor block splits from measurements on your hardware."""
 
 
-def _rule_config(rule: Rule, threshold: float, overhead: float, interval: int) -> RuleConfig:
+def _rule_config(rule: Rule, threshold: float, overhead: float, interval: int, world_size: int = 1) -> RuleConfig:
     if not 0 < threshold < 1:
         raise UserError(f"Invalid --threshold={threshold:g}: must be in (0, 1), e.g. 0.01 for 1%")
     if not overhead > 0:
         raise UserError(f"Invalid --overhead={overhead:g}: must be > 0, e.g. 0.05 for 5% of a training step")
     if interval < 1:
         raise UserError(f"Invalid --interval={interval}: must be >= 1 step")
-    return RuleConfig(name=rule, loss_threshold=threshold, overhead=overhead, interval=interval)
+    if world_size < 1:
+        raise UserError(f"Invalid --world-size={world_size}: must be >= 1 (the number of data-parallel ranks)")
+    return RuleConfig(name=rule, loss_threshold=threshold, overhead=overhead, interval=interval,
+                      world_size=world_size)
 
 
 def _parse_candidates(text: str | None) -> tuple[int, ...] | None:
@@ -99,6 +102,7 @@ ThresholdOpt = typer.Option(0.01, "--threshold", help="Information-loss threshol
 OverheadOpt = typer.Option(0.05, "--overhead", help="budget rule: allowed inversion time per step, as a fraction of one training step.")
 IntervalOpt = typer.Option(100, "--interval", help="budget rule: steps between inverse refreshes to amortize over.")
 RuleOpt = typer.Option(Rule.crossover, "--rule", help="How to pick the global split.")
+WorldSizeOpt = typer.Option(1, "--world-size", help="Data-parallel ranks the plan is for: the rules use one rank's share of the inversions.")
 
 
 @app.command()
@@ -123,6 +127,7 @@ def profile(
     threshold: float = ThresholdOpt,
     overhead: float = OverheadOpt,
     interval: int = IntervalOpt,
+    world_size: int = WorldSizeOpt,
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: profiles/<model>-<device>)."),
     save_factors: bool = typer.Option(False, "--save-factors", help="Also write the captured factors (factors.pt; hundreds of MB for ResNet-50)."),
     refresh_backends: bool = typer.Option(False, "--refresh-backends", help="Check (and for auto, time) the backends again instead of reusing this device's cached choice."),
@@ -134,7 +139,7 @@ def profile(
     from thor_planner.timing.candidates import TimingConfig
 
     with user_errors():
-        rule_cfg = _rule_config(rule, threshold, overhead, interval)
+        rule_cfg = _rule_config(rule, threshold, overhead, interval, world_size)
         target = load_device_profile(device_profile) if device_profile is not None else None
         if target is not None and rule is Rule.budget:
             raise UserError("--rule budget needs a training step timed on the target device, which --device-profile "
@@ -178,10 +183,11 @@ def plan_cmd(
     threshold: float = ThresholdOpt,
     overhead: float = OverheadOpt,
     interval: int = IntervalOpt,
+    world_size: int = WorldSizeOpt,
 ) -> None:
     """Re-plan from saved measurements without measuring again; rewrites plan.json and report.html."""
     with user_errors():
-        rule_cfg = _rule_config(rule, threshold, overhead, interval)
+        rule_cfg = _rule_config(rule, threshold, overhead, interval, world_size)
         measurements = Measurements.load(from_)
         check_writable(from_)
         plan = make_plan(measurements, rule_cfg)

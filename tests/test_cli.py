@@ -377,6 +377,7 @@ def test_plan_from_losses_without_g_rows(profile_copy: Path) -> None:
 @pytest.mark.parametrize("args, message", [
     (["--overhead", "0"], "Invalid --overhead=0: must be > 0, e.g. 0.05 for 5% of a training step"),
     (["--threshold", "1"], "Invalid --threshold=1: must be in (0, 1), e.g. 0.01 for 1%"),
+    (["--world-size", "0"], "Invalid --world-size=0: must be >= 1 (the number of data-parallel ranks)"),
 ])
 def test_plan_bad_options_write_nothing(profile_copy: Path, args: list[str], message: str) -> None:
     before = snapshot(profile_copy)
@@ -451,3 +452,23 @@ def test_console_script_usage_errors_are_one_line(args, message, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == message + "\n"
     assert proc.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_plan_for_several_ranks_uses_one_ranks_share(profile_copy: Path) -> None:
+    """--world-size N: the rules see the busiest rank's LPT share of each candidate's measured time."""
+    from thor_planner.planning.assignment import rank_share
+    from thor_planner.planning.measurements import Measurements
+
+    result = invoke("plan", "--from", profile_copy, "--world-size", "4")
+    assert result.exit_code == 0, result.stderr
+    plan = json.loads((profile_copy / "plan.json").read_text())
+    m = Measurements.load(profile_copy)
+    dims = {}
+    for row in m.losses.to_dict("records"):
+        dims.setdefault(row["layer"], {})[row["factor"]] = int(row["dim"])
+    pairs = [(d["a"], d["g"]) for d in dims.values()]
+    expected = [s * rank_share(pairs, b, 4) for s, b in zip(m.seconds, m.candidates)]
+    assert plan["rule"]["world_size"] == 4
+    assert plan["curves"]["inversion_seconds"] == pytest.approx(m.seconds)
+    assert plan["curves"]["inversion_seconds_per_rank"] == pytest.approx(expected)
+    assert all(p <= s for p, s in zip(expected, m.seconds))

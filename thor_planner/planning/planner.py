@@ -3,6 +3,11 @@
 The plan's ``crossover`` always describes where the curves cross (``x``, ``y``, the timing-spread
 ``interval`` and the candidates it ``spans``), whichever rule chose; ``split_dim`` is the global
 split the rule chose (for ``budget``, not the crossing's nearest candidate).
+
+With ``world_size`` N > 1 (data-parallel training) the rules see one rank's refresh time: the
+measured whole-network time of each candidate times the busiest rank's share under the runtime's
+LPT assignment of layers to ranks (``curves.inversion_seconds_per_rank``; ``inversion_seconds`` stays
+the measured whole-network time, and ``rule.world_size`` records N).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from enum import Enum
 from thor_planner.version import __version__
 from thor_planner.planning.rules import budget, crossover_with_spread, factor_split, loss_fraction, normalized_perf
 from thor_planner.utils.errors import UserError
+from thor_planner.planning.assignment import rank_share
 from thor_planner.planning.measurements import Measurements
 from thor_planner.planning.plan import Crossover, LayerPlan, Plan, Schedule
 
@@ -31,6 +37,8 @@ class RuleConfig:
     loss_threshold: float = 0.01
     overhead: float = 0.05
     interval: int = 100
+    #: data-parallel ranks the plan is for: each rank inverts its LPT share of the layers
+    world_size: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", Rule(self.name))
@@ -40,16 +48,34 @@ class RuleConfig:
             raise ValueError(f"Invalid overhead={self.overhead}: must be > 0")
         if self.interval < 1:
             raise ValueError(f"Invalid interval={self.interval}: must be >= 1")
+        if self.world_size < 1:
+            raise ValueError(f"Invalid world_size={self.world_size}: must be >= 1")
+
+
+def per_rank_shares(m: Measurements, world_size: int) -> list[float]:
+    """Per candidate, the busiest rank's share of the whole-network refresh on ``world_size`` ranks
+    (:func:`~thor_planner.planning.assignment.rank_share`; all 1.0 on one rank)."""
+    if world_size <= 1:
+        return [1.0] * len(m.candidates)
+    dims: dict[str, dict[str, int]] = {}
+    for row in m.losses.to_dict("records"):
+        dims.setdefault(row["layer"], {})[row["factor"]] = int(row["dim"])
+    pairs = [(d["a"], d["g"]) for d in dims.values()]
+    return [rank_share(pairs, b, world_size) for b in m.candidates]
 
 
 def make_plan(m: Measurements, rule: RuleConfig = RuleConfig(), schedule: Schedule = Schedule()) -> Plan:
     """Apply ``rule`` to the measurements and write every layer's splits."""
     cands, seconds = m.candidates, m.seconds
+    shares = per_rank_shares(m, rule.world_size)
+    per_rank = [s * f for s, f in zip(seconds, shares)]
     frac = loss_fraction(m.losses, cands, rule.loss_threshold)
-    perf = normalized_perf(seconds)
+    perf = normalized_perf(per_rank)
     rule_info: dict = {"name": rule.name.value, "loss_threshold": rule.loss_threshold}
-    crossing = crossover_with_spread(cands, frac, perf, [float(v) for v in m.timings["min_s"]],
-                                     [float(v) for v in m.timings["max_s"]])
+    if rule.world_size > 1:
+        rule_info["world_size"] = rule.world_size
+    crossing = crossover_with_spread(cands, frac, perf, [float(v) * f for v, f in zip(m.timings["min_s"], shares)],
+                                     [float(v) * f for v, f in zip(m.timings["max_s"], shares)])
     if rule.name is Rule.crossover:
         choice = crossing
     else:
@@ -57,7 +83,7 @@ def make_plan(m: Measurements, rule: RuleConfig = RuleConfig(), schedule: Schedu
             raise UserError("The budget rule needs a training step timed on the target device; timings "
                             "predicted from a device profile have none: use --rule crossover")
         step = float(m.meta["step_seconds"])
-        choice = budget(cands, seconds, step_seconds=step, overhead=rule.overhead, interval=rule.interval)
+        choice = budget(cands, per_rank, step_seconds=step, overhead=rule.overhead, interval=rule.interval)
         rule_info.update(overhead=rule.overhead, interval=rule.interval, step_seconds=step)
     layers = []
     by_layer = {}
@@ -81,7 +107,8 @@ def make_plan(m: Measurements, rule: RuleConfig = RuleConfig(), schedule: Schedu
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         model=m.meta["model"], device=m.meta["device"], capture=m.meta["capture"], rule=rule_info,
         candidates=cands,
-        curves={"loss_fraction": frac, "inversion_seconds": seconds, "normalized_perf": perf},
+        curves={"loss_fraction": frac, "inversion_seconds": seconds, "normalized_perf": perf,
+                **({"inversion_seconds_per_rank": per_rank} if rule.world_size > 1 else {})},
         crossover=Crossover(x=crossing.x, y=crossing.y, split_dim=choice.split_dim, warning=choice.warning,
                             interval=list(crossing.interval) if crossing.interval else None,
                             spans=list(crossing.spans) if crossing.interval else None,
