@@ -1,4 +1,4 @@
-"""``thor-plan train``: train a small model with THOR (planned or fixed split), K-FAC, SGD, AdamW or mL-BFGS."""
+"""``thor-plan train``: train a small model with THOR (planned or fixed split), K-FAC, SGD, AdamW, mL-BFGS or LAMB."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ class OptimizerChoice(str, Enum):
     sgd = "sgd"
     adamw = "adamw"
     mlbfgs = "mlbfgs"
+    lamb = "lamb"
 
 
 class TrainModelChoice(str, Enum):
@@ -79,14 +80,14 @@ def _print_stats(stats: dict, where: Console) -> None:
 def train_cmd(
     model: TrainModelChoice = typer.Option(TrainModelChoice.cnn, "--model", "-m", help="cnn, mlp (hidden 128), mlp-wide (hidden 512) or resnet18 (1 input channel), which take 1×8×8 inputs, 10 classes; or bert-tiny (masked LM on 128 byte tokens, --data text or tokens)."),
     data: TrainDataChoice = typer.Option(TrainDataChoice.digits, "--data", help="digits (scikit-learn's 8×8 digits, 80/20 split) or synthetic (fixed inputs labelled by a fixed random linear teacher); for bert-tiny: text (Python's bundled documentation, 90/10 split, 15% masked; accuracy over masked tokens) or tokens (random)."),
-    optimizer: OptimizerChoice = typer.Option(OptimizerChoice.thor, "--optimizer", help="thor (the plan's splits; profiles the model first without --plan), thor-128 (split 128), kfac (dense factors), sgd (momentum 0.9), adamw or mlbfgs (momentum-based L-BFGS)."),
+    optimizer: OptimizerChoice = typer.Option(OptimizerChoice.thor, "--optimizer", help="thor (the plan's splits; profiles the model first without --plan), thor-128 (split 128), kfac (dense factors), sgd (momentum 0.9), adamw, mlbfgs (momentum-based L-BFGS) or lamb (AdamW with a per-tensor trust ratio)."),
     plan: Path = typer.Option(None, "--plan", help="plan.json for --optimizer thor (written by 'thor-plan profile' for this model)."),
     epochs: int = typer.Option(10, "--epochs", help="Passes over the training split."),
-    lr: float = typer.Option(None, "--lr", help="Peak learning rate (default: thor/thor-128/kfac 0.01, sgd 0.1, adamw 0.01, mlbfgs 1.0)."),
+    lr: float = typer.Option(None, "--lr", help="Peak learning rate (default: thor/thor-128/kfac 0.01, sgd 0.1, adamw 0.01, mlbfgs 1.0, lamb 0.05)."),
     lr_schedule: LrScheduleChoice = typer.Option(LrScheduleChoice.cosine, "--lr-schedule", help="cosine (to 0 over the run, per step) or constant; the same for every optimizer."),
     batch_size: int = typer.Option(32, "--batch-size", help="Samples per step."),
     seed: int = typer.Option(0, "--seed", help="Seed for initialisation, shuffling and the planless profile."),
-    weight_decay: float = typer.Option(5e-4, "--weight-decay", help="Weight decay (decoupled for adamw)."),
+    weight_decay: float = typer.Option(5e-4, "--weight-decay", help="Weight decay (decoupled for adamw and lamb)."),
     eval_every: int = typer.Option(None, "--eval-every", help="Also evaluate every N steps (default: once per epoch)."),
     out: Path = typer.Option(None, "--out", "-o", help="CSV of epoch, step, seconds (training only), train_loss, test_loss, test_accuracy per evaluation (written atomically)."),
     json_out: bool = typer.Option(False, "--json", help="Print only one JSON summary line on stdout (everything else goes to stderr)."),

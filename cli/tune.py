@@ -34,7 +34,7 @@ def _remove_empty(folder: Path, outermost: Path | None) -> None:
 def tune_cmd(
     model: TrainModelChoice = typer.Option(TrainModelChoice.cnn, "--model", "-m", help="The model to train (as in 'thor-plan train')."),
     data: TrainDataChoice = typer.Option(TrainDataChoice.digits, "--data", help="Training data (as in 'thor-plan train')."),
-    optimizer: OptimizerChoice = typer.Option(OptimizerChoice.thor, "--optimizer", help="Whose search space to tune: thor (also re-plans the loss threshold), thor-128, kfac, sgd, adamw or mlbfgs."),
+    optimizer: OptimizerChoice = typer.Option(OptimizerChoice.thor, "--optimizer", help="Whose search space to tune: thor (also re-plans the loss threshold), thor-128, kfac, sgd, adamw, mlbfgs or lamb."),
     plan: Path = typer.Option(None, "--plan", help="thor: a plan.json written by 'thor-plan profile' (its folder's losses.csv and timings.csv are re-planned from); without it the model is profiled first."),
     trials: int = typer.Option(20, "--trials", "-n", help="Trials to run now (added to the study's earlier ones)."),
     timeout: float = typer.Option(None, "--timeout", help="Stop starting trials after this many seconds."),

@@ -51,7 +51,7 @@ def invoke(*args):
         ({"batch_size": 0}, "Invalid batch_size=0: must be >= 1"),
         ({"weight_decay": -1.0}, "Invalid weight_decay=-1.0: must be >= 0"),
         ({"momentum": 1.0}, "Invalid momentum=1.0: must be in [0, 1)"),
-        ({"optimizer": "lbfgs"}, "Invalid optimizer='lbfgs': use thor, thor-128, kfac, sgd, adamw or mlbfgs"),
+        ({"optimizer": "lbfgs"}, "Invalid optimizer='lbfgs': use thor, thor-128, kfac, sgd, adamw, mlbfgs or lamb"),
         ({"model": "vgg"}, "Invalid model='vgg': use cnn, mlp, mlp-wide, resnet18 or bert-tiny"),
         ({"data": "mnist"}, "Invalid data='mnist': use digits, synthetic, text or tokens"),
         ({"lr_schedule": "step"}, "Invalid lr_schedule='step': use cosine or constant"),

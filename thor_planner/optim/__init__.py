@@ -1,7 +1,8 @@
 """The THOR runtime: the optimizer (``thor``), its packed block factors (``blocks``), the trace rule
 and batched refresh of inverses (``trace``, ``refresh``), the preconditioned and grafted directions
 (``precondition``), the foreach SGD update (``update``), skipped-step accounting (``skips``), sharing factors and
-inverses across ``torch.distributed`` ranks (``distributed``) and the mL-BFGS baseline (``mlbfgs``).
+inverses across ``torch.distributed`` ranks (``distributed``) and the mL-BFGS and LAMB baselines
+(``mlbfgs``, ``lamb``).
 
 Exports ``THOR``, ``DivergedError`` and the trace rule's decisions. Imports capture, partition, inversion and the
 plan file (``planning.plan``); must not import timing, the planner's rules, report, the profiler

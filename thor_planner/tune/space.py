@@ -8,7 +8,7 @@ Every optimizer has its own space (so comparisons are made at equal trial budget
   (steps between the first inverse check points) and ``interval_growth`` (the interval's factor per
   epoch). ``thor`` also tunes ``loss_threshold``, the planner rule's information-loss threshold: each
   trial re-plans the per-layer splits from the profile's measurements, without measuring again.
-- ``sgd``: ``lr``, ``momentum``. ``adamw``: ``lr``, ``weight_decay``.
+- ``sgd``: ``lr``, ``momentum``. ``adamw`` and ``lamb``: ``lr``, ``weight_decay``.
 - ``mlbfgs``: ``lr``, ``momentum`` (of the parameter and gradient averages), ``history_size``,
   ``update_every``, ``damping``.
 
@@ -63,6 +63,8 @@ SPACES: dict[str, tuple[Param, ...]] = {
     "sgd": (Param(name="lr", low=1e-3, high=1.0, log=True), Param(name="momentum", low=0.0, high=0.99)),
     "adamw": (Param(name="lr", low=1e-4, high=0.1, log=True),
               Param(name="weight_decay", low=1e-6, high=0.1, log=True)),
+    "lamb": (Param(name="lr", low=1e-4, high=0.1, log=True),  # relative to each tensor's norm
+             Param(name="weight_decay", low=1e-6, high=0.1, log=True)),
     "mlbfgs": (Param(name="lr", low=0.01, high=3.0, log=True), Param(name="momentum", low=0.0, high=0.99),
                Param(name="history_size", low=2, high=20, integer=True),
                Param(name="update_every", low=1, high=20, log=True, integer=True),
@@ -106,7 +108,7 @@ def train_options(optimizer: str, params: dict, steps_per_epoch: int) -> dict:
         options["schedule"] = schedule_from(params, steps_per_epoch)
     elif optimizer == "sgd":
         options["momentum"] = params["momentum"]
-    elif optimizer == "adamw":
+    elif optimizer in ("adamw", "lamb"):
         options["weight_decay"] = params["weight_decay"]
     elif optimizer == "mlbfgs":
         options["momentum"] = params["momentum"]
