@@ -1,6 +1,7 @@
 """The HTML report: figures built from the plan's data, a self-contained page, escaping, rendering.
 
-``python tests/test_report.py out.html`` writes a demo report from realistic fake ResNet-50 data.
+``python tests/test_report.py out.html`` writes a demo report from realistic fake ResNet-50 data
+(``--bert``: BERT-base's 146 factors).
 """
 
 from __future__ import annotations
@@ -116,6 +117,36 @@ def resnet50_case(rule=None, warning=None, predicted_from=None):
     plan = make_plan(layers, CANDIDATES, curves, x=x, y=y, split=split, rule=rule, warning=warning,
                      skipped=[{"name": "aux_head", "reason": "not reached by the forward pass"}])
     return plan, losses, timings
+
+
+def bert_base_case():
+    """Fake measurements for BERT-base's 73 planned layers (146 factors): 12 encoder layers of six
+    Linear layers each (dims 768-3072) and the prediction head's transform; candidates up to 4096."""
+    cands = [1, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+    layers = []
+    for i in range(12):
+        p = f"bert.encoder.layer.{i}"
+        layers += [_layer(f"{p}.attention.self.{w}", "linear", 769, 768, 0, 0) for w in ("query", "key", "value")]
+        layers += [_layer(f"{p}.attention.output.dense", "linear", 769, 768, 0, 0),
+                   _layer(f"{p}.intermediate.dense", "linear", 769, 3072, 0, 0),
+                   _layer(f"{p}.output.dense", "linear", 3073, 768, 0, 0)]
+    layers.append(_layer("cls.predictions.transform.dense", "linear", 769, 768, 0, 0))
+    losses = _losses_frame(layers, cands, np.random.default_rng(2))
+    by = {(r["layer"], r["factor"]): r for r in losses.to_dict("records")}
+    for lp in layers:
+        for w in ("a", "g"):
+            row, dim = by[(lp["name"], w)], lp[f"{w}_dim"]
+            s = next((min(b, dim) for b in cands if b <= 512 and row[str(b)] < 0.01), min(512, dim))
+            lp[f"{w}_split"], lp[f"{w}_loss"] = s, row[str(s)] if str(s) in row else 0.0
+    timings = _timings_frame(cands, int(losses["dim"].sum()))
+    secs = timings["median_s"].tolist()
+    curves = {"loss_fraction": [float((losses[str(b)] < 0.01).mean()) for b in cands], "inversion_seconds": secs,
+              "normalized_perf": [secs[0] / s for s in secs]}
+    plan = make_plan(layers, cands, curves, x=400.0, y=0.4, split=512,
+                     skipped=[{"name": "cls.predictions.decoder", "reason": "output dimension 30522 > 4096"}])
+    d = plan.to_dict()
+    d["model"].update(name="bert-base", num_params=109_514_298)
+    return Plan.from_dict(d), losses, timings
 
 
 def _without_plotlyjs(page: str) -> str:
@@ -248,16 +279,44 @@ def test_heatmap_is_the_loss_matrix_in_model_order():
     plan, losses, timings = small_case()
     shuffled = pd.concat([losses.iloc[[1, 0]], losses.iloc[2:]])  # G row before A row of conv1
     fig = figures(plan, shuffled, timings)["heatmap"]
-    heat = fig.data[0]
-    np.testing.assert_array_equal(np.asarray(heat.z), losses[[str(b) for b in plan.candidates]].to_numpy())
-    assert list(heat.x) == ["1", "16", "32", "64"] and fig.layout.xaxis.type == "category"
-    assert list(heat.y)[:2] == ["conv1 · A", "conv1 · G"] and len(heat.y) == 6
-    assert (heat.zmin, heat.zmax) == (0, 1)
-    marks = next(t for t in fig.data if t.name == "planned split of the factor")
+    heat_a, heat_g = (t for t in fig.data if t.type == "heatmap")
+    cols = [str(b) for b in plan.candidates]
+    # one row per layer in model order, A's losses in the first panel and G's in the second
+    np.testing.assert_array_equal(np.asarray(heat_a.z), losses[losses["factor"] == "a"][cols].to_numpy())
+    np.testing.assert_array_equal(np.asarray(heat_g.z), losses[losses["factor"] == "g"][cols].to_numpy())
+    assert list(heat_a.y) == list(heat_g.y) == ["conv1", "layer1.0.conv1", "fc"]
+    assert list(heat_a.x) == cols and (heat_a.xaxis, heat_g.xaxis) == ("x", "x2") and heat_g.yaxis == "y2"
+    assert fig.layout.xaxis.type == fig.layout.xaxis2.type == "category"
+    assert fig.layout.yaxis2.matches == "y" and fig.layout.yaxis2.showticklabels is False
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0, 1)
+    assert [a.text for a in fig.layout.annotations] == ["A (inputs)", "G (output gradients)"]
+    assert [int(d[0]) for d in heat_g.customdata] == [16, 32, 10]  # each panel hovers its factor's dimension
+    marks_a, marks_g = (t for t in fig.data if t.name == "planned split of the factor")
     # conv1 A (dim 27) split 16; fc G (dim 10) split 10 = whole factor -> first candidate >= 10
-    assert list(zip(marks.x, marks.y))[0] == ("16", "conv1 · A")
-    assert list(zip(marks.x, marks.y))[-1] == ("16", "fc · G") and "whole factor" in marks.text[-1]
-    assert fig.layout.height >= 16 * 6
+    assert list(zip(marks_a.x, marks_a.y))[0] == ("16", "conv1") and marks_a.xaxis == "x"
+    assert list(zip(marks_g.x, marks_g.y))[-1] == ("16", "fc") and "whole factor" in marks_g.text[-1]
+    assert marks_g.xaxis == "x2"
+
+
+def test_heatmap_of_a_missing_factor_row_stays_blank():
+    plan, losses, timings = small_case()
+    fig = figures(plan, losses.drop(index=5), timings)["heatmap"]  # fc's G row missing
+    heat_g = [t for t in fig.data if t.type == "heatmap"][1]
+    assert np.isnan(np.asarray(heat_g.z, dtype=float)[2]).all() and list(heat_g.y)[2] == "fc"
+    marks_g = [t for t in fig.data if t.name == "planned split of the factor"][1]
+    assert list(marks_g.y) == ["conv1", "layer1.0.conv1"]
+
+
+def test_heatmap_grows_with_the_layers_and_takes_the_width():
+    # BERT-base: 146 factors are 73 rows of about 18 px, whole names; the plan table goes below
+    plan, losses, timings = bert_base_case()
+    assert len(plan.layers) == 73 and len(losses) == 146
+    fig = figures(plan, losses, timings)["heatmap"]
+    heat = fig.data[0]
+    assert len(heat.y) == 73 and heat.y[-2] == "bert.encoder.layer.11.output.dense"
+    assert fig.layout.height >= 18 * 73 and fig.layout.yaxis.tickfont.size >= 11
+    assert '<div class="split stack">' in build_report(plan, losses, timings)
+    assert '<div class="split">' in build_report(*small_case())  # a small plan keeps the table beside it
 
 
 def test_timing_figure_log_axis_and_predicted():
@@ -294,7 +353,7 @@ def test_text_is_escaped():
     assert "blk<b>" not in page and "head.<proj>" not in page
     assert "<code>blk&lt;b&gt;&amp;&quot;x</code>" in page and "head.&lt;proj&gt;" in page
     fig = figures(*small_case(name="blk<b>"))["heatmap"]
-    assert "blk&lt;b&gt; · A" in fig.data[0].y  # plotly decodes entities but would read <b> as bold
+    assert "blk&lt;b&gt;" in fig.data[0].y  # plotly decodes entities but would read <b> as bold
 
 
 def test_write_report(tmp_path):
@@ -388,6 +447,37 @@ def test_curve_labels_stay_inside_and_off_the_ticks(tmp_path, width, axis, split
             assert apart, (label, tick)
 
 
-if __name__ == "__main__":
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "report.html")
-    print(write_report(target, *resnet50_case()))
+def _apart(one: dict, other: dict) -> bool:
+    return (one["right"] <= other["left"] or other["right"] <= one["left"]
+            or one["bottom"] <= other["top"] or other["bottom"] <= one["top"])
+
+
+@pytest.mark.parametrize("width", [1480, 1000])
+def test_heatmap_of_146_factors_is_readable(tmp_path, width):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed: headless rendering check skipped")
+    plan, losses, timings = bert_base_case()
+    every = _text_boxes(tmp_path, chromium, plan, losses, timings, width)
+    for b in every:  # no figure cuts a label at its edges
+        assert -1 <= b["left"] and b["right"] <= b["width"] + 1 and -1 <= b["top"], b
+    boxes = [b for b in every if b["fig"] == "fig-heatmap"]
+    rows = sorted((b for b in boxes if b["group"] == "ytick"), key=lambda b: b["top"])
+    assert [b["text"] for b in rows] == [lp.name for lp in plan.layers]  # every name, whole, in order
+    assert all(b["bottom"] - b["top"] >= 10 for b in rows)  # 11 px text
+    assert all(a["bottom"] <= b["top"] + 0.5 for a, b in zip(rows, rows[1:]))  # no two names overlap
+    cands = [str(c) for c in plan.candidates]
+    titles = [b for b in boxes if b["text"] in ("A (inputs)", "G (output gradients)")]
+    assert len(titles) == 2
+    for group in ("xtick", "x2tick"):
+        ticks = sorted((b for b in boxes if b["group"] == group), key=lambda b: b["left"])
+        assert [b["text"] for b in ticks] == cands
+        assert all(a["right"] <= b["left"] for a, b in zip(ticks, ticks[1:]))  # side by side, not piled
+        assert all(_apart(t, title) for t in ticks for title in titles)
+        assert all(t["bottom"] <= rows[0]["top"] for t in ticks)  # above the first row
+
+
+if __name__ == "__main__":  # python tests/test_report.py [out.html] [--bert]: the ResNet-50 or BERT-base demo
+    args = [a for a in sys.argv[1:] if a != "--bert"]
+    target = Path(args[0] if args else "report.html")
+    print(write_report(target, *(bert_base_case() if "--bert" in sys.argv else resnet50_case())))

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
+from plotly.subplots import make_subplots
 
 from thor_planner.utils.atomic import atomic_write_text
 from thor_planner.planning.plan import Plan
@@ -147,11 +148,9 @@ def curves_figure(plan: Plan) -> go.Figure:
     return fig
 
 
-def _ordered_factors(losses: pd.DataFrame) -> pd.DataFrame:
-    """Factors in model order (first appearance of each layer), A before G."""
-    order = {name: i for i, name in enumerate(dict.fromkeys(losses["layer"]))}
-    key = losses["layer"].map(order) * 2 + (losses["factor"] != "a").astype(int)
-    return losses.iloc[np.argsort(key.to_numpy(), kind="stable")]
+def _layer_order(losses: pd.DataFrame) -> list[str]:
+    """Layers in model order (first appearance in the losses)."""
+    return list(dict.fromkeys(losses["layer"]))
 
 
 def _loss_colorscale(thr: float) -> list:
@@ -161,41 +160,65 @@ def _loss_colorscale(thr: float) -> list:
     return scale
 
 
+#: Above this many layers the heatmap takes the page's whole width, the plan table below it.
+STACK_LAYERS = 24
+#: Pixels per layer row of the loss heatmap (A and G side by side, so ~150 factors are ~75 rows).
+HEATMAP_ROW = 18
+
+
+def _heatmap_needs_width(plan: Plan, losses: pd.DataFrame) -> bool:
+    """Whether the heatmap gets the page's whole width (the plan table then below it): more than
+    ``STACK_LAYERS`` layers, or names and candidates too wide for the ~560 px of the half-page card
+    (about 6.5 px per character of the longest name, 28 px per candidate column in each of the two
+    panels, 140 px of colour bar and margins)."""
+    longest = max((len(str(name)) for name in losses["layer"]), default=0)
+    return len(_layer_order(losses)) > STACK_LAYERS or 6.5 * longest + 56 * len(plan.candidates) + 140 > 560
+
+
 def heatmap_figure(plan: Plan, losses: pd.DataFrame) -> go.Figure:
-    """Loss of every factor at every candidate, with each factor's planned split marked."""
+    """Loss of every factor at every candidate: one row per layer (model order), A's panel beside G's,
+    each factor's planned split marked. The height grows with the layers, layer names are printed whole."""
     cands, thr = plan.candidates, _threshold(plan)
     cols = [str(b) for b in cands]
-    df = _ordered_factors(losses)
-    rows = [f"{_label(layer)} · {str(f).upper()}" for layer, f in zip(df["layer"], df["factor"])]
-    z = df[cols].to_numpy(dtype=float)
-    dims = np.repeat(df["dim"].to_numpy(dtype=int)[:, None], len(cols), axis=1)
-    fig = go.Figure(go.Heatmap(
-        z=z, x=cols, y=rows, customdata=dims, zmin=0, zmax=1, colorscale=_loss_colorscale(thr),
-        xgap=1, ygap=1, name="loss", hovertemplate="%{y} (dim %{customdata})<br>b = %{x}: loss "
-        "%{z:.2%}<extra></extra>", colorbar=dict(
-            title=dict(text="loss", side="top"), thickness=14, len=min(1.0, 420 / max(len(rows) * 16, 1)),
-            y=1, yanchor="top", tickvals=[thr, 0.1, 0.25, 0.5, 1], tickformat=".0%")))
+    layers = _layer_order(losses)
+    rows = [_label(layer) for layer in layers]
     by_name = {lp.name: lp for lp in plan.layers}
-    mx, my, text = [], [], []
-    for layer, f, dim, label in zip(df["layer"], df["factor"], df["dim"], rows):
-        lp = by_name.get(layer)
-        if lp is None:
-            continue
-        split, loss = (lp.a_split, lp.a_loss) if f == "a" else (lp.g_split, lp.g_loss)
-        col = next((b for b in cands if b >= min(split, int(dim))), cands[-1])
-        mx.append(str(col)), my.append(label)
-        text.append(f"split {split}{' (whole factor)' if split >= dim else ''}, loss {loss:.2%}")
-    fig.add_scatter(x=mx, y=my, mode="markers", name="planned split of the factor", text=text,
-                    marker=dict(symbol="diamond", size=9, color=SPLIT_COLOR, line=dict(color="white", width=1)),
-                    hovertemplate="%{y}<br>%{text}<extra>planned</extra>")
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.025,
+                        subplot_titles=("A (inputs)", "G (output gradients)"))
+    for col, f in ((1, "a"), (2, "g")):
+        part = losses[losses["factor"].astype(str).str.lower() == f].drop_duplicates("layer").set_index("layer")
+        part = part.reindex(layers)  # a layer without this factor's row stays blank
+        z = part[cols].to_numpy(dtype=float)
+        dims = np.repeat(part["dim"].fillna(0).to_numpy(dtype=int)[:, None], len(cols), axis=1)
+        fig.add_trace(go.Heatmap(
+            z=z, x=cols, y=rows, customdata=dims, coloraxis="coloraxis", xgap=1, ygap=1, name=f"loss {f.upper()}",
+            hovertemplate=f"%{{y}} · {f.upper()} (dim %{{customdata}})<br>b = %{{x}}: loss %{{z:.2%}}<extra></extra>"),
+            row=1, col=col)
+        mx, my, text = [], [], []
+        for layer, label, dim in zip(layers, rows, part["dim"]):
+            lp = by_name.get(layer)
+            if lp is None or not np.isfinite(dim):
+                continue
+            split, loss = (lp.a_split, lp.a_loss) if f == "a" else (lp.g_split, lp.g_loss)
+            mx.append(next((b for b in cols if int(b) >= min(split, int(dim))), cols[-1])), my.append(label)
+            text.append(f"split {split}{' (whole factor)' if split >= dim else ''}, loss {loss:.2%}")
+        fig.add_trace(go.Scatter(
+            x=mx, y=my, mode="markers", name="planned split of the factor", text=text, showlegend=False,
+            marker=dict(symbol="diamond", size=9, color=SPLIT_COLOR, line=dict(color="white", width=1)),
+            hovertemplate=f"%{{y}} · {f.upper()}<br>%{{text}}<extra>planned</extra>"), row=1, col=col)
+    height = max(380, HEATMAP_ROW * len(rows) + 200)
     _style(fig, "Information loss per factor", f"loss = 1 − λmax(block-diagonal) / λmax(full) · pale blue: "
            f"below {thr:.0%}<br>◆ planned split (global {plan.split_dim}, smaller where already lossless, "
-           "capped at the factor's dimension)",
-           max(380, 16 * len(rows) + 170))
-    fig.update_layout(margin=dict(t=150, b=30), legend=dict(y=1.0, yanchor="bottom", x=0, xanchor="left"))
-    fig.update_xaxes(type="category", side="top", title_text="split dimension b", title_standoff=6,
-                     range=[-0.5, len(cols) - 0.5])
-    fig.update_yaxes(type="category", range=[len(rows) - 0.5, -0.5], tickfont=dict(size=11))
+           "capped at the factor's dimension)", height)
+    fig.update_layout(margin=dict(t=175, b=30, r=16),  # the subtitle explains the ◆: no legend over the ticks
+                      coloraxis=dict(cmin=0, cmax=1, colorscale=_loss_colorscale(thr), colorbar=dict(
+                          title=dict(text="loss", side="top"), thickness=14, len=min(1.0, 420 / (height - 205)),
+                          y=1, yanchor="top", tickvals=[thr, 0.1, 0.25, 0.5, 1], tickformat=".0%")))
+    fig.for_each_annotation(lambda a: a.update(font=dict(size=13, color=INK), yshift=30))  # above the ticks
+    fig.update_xaxes(type="category", side="top", range=[-0.5, len(cols) - 0.5], tickangle=0,
+                     tickfont=dict(size=10), title_text="split b", title_standoff=4, title_font=dict(size=11))
+    fig.update_yaxes(type="category", range=[len(rows) - 0.5, -0.5], tickfont=dict(size=11), automargin=True)
+    fig.update_yaxes(showticklabels=False, row=1, col=2)
     return fig
 
 
@@ -267,7 +290,7 @@ def build_report(plan: Plan, losses: pd.DataFrame, timings: pd.DataFrame) -> str
 <p class="summary">{" · ".join(summary)}</p>
 {warning}{_stats(plan)}
 <div class="grid"><div class="card">{divs["curves"]}</div><div class="card">{divs["timing"]}</div></div>
-<div class="split"><div class="card">{divs["heatmap"]}</div>
+<div class="{"split stack" if _heatmap_needs_width(plan, losses) else "split"}"><div class="card">{divs["heatmap"]}</div>
 <div class="card"><h2>Plan: split per layer and factor</h2><p class="muted">Loss at the planned split;
 red = at or above the {_threshold(plan):.0%} threshold; <span class="tag">full</span> = the whole factor is
 inverted.</p><div class="scroll">{plan_table(plan)}</div>

@@ -161,6 +161,7 @@ h2{font-size:17px;margin:0 0 10px}h3{font-size:13px;margin:0 0 8px;text-transfor
 .card{background:#fff;border-radius:10px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:14px 16px;min-width:0}
 .grid{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:16px;margin:0 0 16px}
 .split{display:grid;grid-template-columns:minmax(0,5fr) minmax(0,6fr);gap:16px;margin:0 0 16px;align-items:start}
+.split.stack{grid-template-columns:minmax(0,1fr)}
 @media (max-width:1100px){.grid,.split{grid-template-columns:minmax(0,1fr)}}
 .stats{display:grid;grid-template-columns:repeat(auto-fit,minmax(180px,1fr));gap:12px;margin:0 0 16px}
 .stat{background:#fff;border-radius:10px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:10px 14px}
