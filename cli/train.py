@@ -83,7 +83,7 @@ def train_cmd(
     optimizer: OptimizerChoice = typer.Option(OptimizerChoice.thor, "--optimizer", help="thor (the plan's splits; profiles the model first without --plan), thor-128 (split 128), kfac (dense factors), sgd (momentum 0.9), adamw, mlbfgs (momentum-based L-BFGS) or lamb (AdamW with a per-tensor trust ratio)."),
     plan: Path = typer.Option(None, "--plan", help="plan.json for --optimizer thor (written by 'thor-plan profile' for this model)."),
     epochs: int = typer.Option(10, "--epochs", help="Passes over the training split."),
-    lr: float = typer.Option(None, "--lr", help="Peak learning rate (default: thor/thor-128/kfac 0.01, sgd 0.1, adamw 0.01, mlbfgs 1.0, lamb 0.05)."),
+    lr: float = typer.Option(None, "--lr", help="Peak learning rate (default: thor/thor-128/kfac 0.1 and sgd 0.1 — THOR steps take SGD's length —, adamw 0.01, mlbfgs 1.0, lamb 0.05)."),
     lr_schedule: LrScheduleChoice = typer.Option(LrScheduleChoice.cosine, "--lr-schedule", help="cosine (to 0 over the run, per step) or constant; the same for every optimizer."),
     batch_size: int = typer.Option(32, "--batch-size", help="Samples per step."),
     seed: int = typer.Option(0, "--seed", help="Seed for initialisation, shuffling and the planless profile."),
