@@ -289,6 +289,9 @@ def main() -> None:
     first = next(iter(results["cases"].values()))["rows"]
     results.update({k: v for k, v in first.items()})
     if not cuda:
+        lines.append("On the CPU each row is a single short run: rows differ by run-to-run noise of tens of percent "
+                     "(bench/step_overhead.py alternates runs and takes medians for the CPU goal).")
+        lines.append("")
         lines.append("GPU goals (ResNet-50, batch 256, 224×224: ≤ 1.10× at kfac-pytorch's cadence, ≤ 1.05× late "
                      "in training, ahead of kfac-pytorch and Distributed Shampoo, peak memory ≤ 1.10×): not "
                      "measured on this machine (no GPU).")
