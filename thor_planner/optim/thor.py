@@ -145,7 +145,8 @@ class THOR(torch.optim.Optimizer):
         self._step = 0
         self._next_check = 0
         self._skips = SkipCounter(max_skipped_steps)
-        self._device_skips: torch.Tensor | None = None  # [total, consecutive, longest] on the device
+        self._device_skips: torch.Tensor | None = None  # see _count_on_device
+        self._device_first = self._device_steps = 0  # the first step and the number of steps counted there
         self._replay = False
         if wanted(distributed) and self._layers:
             self._ranks = RankGroup(self._layers, self._layers[0].weight.device, self.backends)
@@ -248,7 +249,7 @@ class THOR(torch.optim.Optimizer):
         return skipped
 
     def _report_device_skips(self) -> None:
-        first, last = getattr(self, "_device_first", 0), self._step - 1
+        first, last = self._device_first, self._step - 1
         skipped = self._read_device_skips()
         if not skipped:
             return

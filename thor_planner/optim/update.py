@@ -28,10 +28,10 @@ def sgd_update(group: dict, state: Mapping, directions: Mapping[torch.Tensor, to
     if ok is not None:
         d = [torch.where(ok, x, torch.zeros((), dtype=x.dtype, device=x.device)) for x in d]
     if momentum != 0:
-        fresh = [i for i, p in enumerate(params) if "momentum_buffer" not in state[p]]
-        for i in fresh:
-            state[params[i]]["momentum_buffer"] = torch.clone(d[i]).detach()
-        old = [i for i in range(len(params)) if i not in set(fresh)]
+        old = [i for i, p in enumerate(params) if "momentum_buffer" in state[p]]
+        for i, p in enumerate(params):
+            if "momentum_buffer" not in state[p]:
+                state[p]["momentum_buffer"] = torch.clone(d[i]).detach()
         if old:
             bufs = [state[params[i]]["momentum_buffer"] for i in old]
             factor = momentum if ok is None else torch.where(ok, momentum, 1.0).to(bufs[0].device)
