@@ -59,10 +59,10 @@ def backend_error(name: str, blocks: torch.Tensor) -> float:
     return worst if math.isfinite(worst) else math.inf
 
 
-def check_accuracy(names: Sequence[str], size: int, device: torch.device | str = "cpu", *,
-                   tolerance: float = ACCURACY_TOLERANCE) -> tuple[list[str], list[dict]]:
-    """The backends among ``names`` accurate at ``size``, and an exclusion record for each other."""
-    blocks = accuracy_blocks(size, count=ACCURACY_BLOCKS if size <= 512 else 1, device=device)
+def classify_backends(names: Sequence[str], size: int, blocks: torch.Tensor, *,
+                      tolerance: float = ACCURACY_TOLERANCE) -> tuple[list[str], list[dict]]:
+    """The backends among ``names`` whose error on ``blocks`` is within ``tolerance``, and an
+    exclusion record (``backend``, ``size``, ``error``, ``reason``) for each other."""
     accurate, excluded = [], []
     for name in names:
         try:
@@ -78,3 +78,10 @@ def check_accuracy(names: Sequence[str], size: int, device: torch.device | str =
                              "reason": f"relative error {err:.2e} > {tolerance:g}" if math.isfinite(err)
                              else "non-finite result"})
     return accurate, excluded
+
+
+def check_accuracy(names: Sequence[str], size: int, device: torch.device | str = "cpu", *,
+                   tolerance: float = ACCURACY_TOLERANCE) -> tuple[list[str], list[dict]]:
+    """The backends among ``names`` accurate at ``size`` on the undamped synthetic blocks."""
+    blocks = accuracy_blocks(size, count=ACCURACY_BLOCKS if size <= 512 else 1, device=device)
+    return classify_backends(names, size, blocks, tolerance=tolerance)

@@ -18,15 +18,14 @@ size (∝ s³ · blocks) exceeds ``prune_seconds`` is no longer tried ("pruned",
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from thor_planner.inversion.accuracy import (ACCURACY_BLOCKS, ACCURACY_CONDITION, ACCURACY_REFERENCE,
-                                             ACCURACY_TOLERANCE, accuracy_blocks, backend_error)
+from thor_planner.inversion.accuracy import (classify_backends, ACCURACY_BLOCKS, ACCURACY_CONDITION, ACCURACY_REFERENCE,
+                                             ACCURACY_TOLERANCE, accuracy_blocks)
 from thor_planner.inversion.backends import DEFAULT_BACKEND, damp, invert_stack
 from thor_planner.partition import block_counts
 from thor_planner.timing.backend_cache import BackendCache, entry_name
@@ -80,22 +79,7 @@ def check_damped_accuracy(names: Sequence[str], size: int, device: torch.device 
                           ) -> tuple[list[str], list[dict]]:
     """:func:`inversion.accuracy.check_accuracy` on blocks damped as the runtime damps them."""
     blocks = damped_accuracy_blocks(size, factor_shift(damping), device)
-    accurate, excluded = [], []
-    for name in names:
-        try:
-            err = backend_error(name, blocks)
-        except Exception as exc:  # noqa: BLE001 - a backend that raises is excluded, with the reason
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            excluded.append({"backend": name, "size": size, "error": None,
-                             "reason": f"raised {type(exc).__name__}: {first}"})
-            continue
-        if err <= tolerance:
-            accurate.append(name)
-        else:
-            finite = math.isfinite(err)
-            excluded.append({"backend": name, "size": size, "error": err if finite else None,
-                             "reason": f"relative error {err:.2e} > {tolerance:g}" if finite else "non-finite result"})
-    return accurate, excluded
+    return classify_backends(names, size, blocks, tolerance=tolerance)
 
 
 @dataclass
