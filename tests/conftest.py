@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 #: A profile of the tiny built-in conv net that takes about a second of measuring.
 TINY_PROFILE = ["profile", "--model", "cnn", "--batches", "2", "--batch-size", "16", "--time-budget", "0.05"]
@@ -65,3 +66,12 @@ def profiled_dir(profiled_run: ProfileRun) -> Path:
 def profile_copy(profiled_dir: Path, tmp_path: Path) -> Path:
     """A private copy of the shared profile folder that a test may rewrite."""
     return Path(shutil.copytree(profiled_dir, tmp_path / "run"))
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine a second thread mostly waits for the first."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,13 +16,7 @@ from thor_planner.training.loop import TrainConfig, TrainConfigError, evaluate, 
 from thor_planner.utils.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine a second thread mostly waits for the first."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_byte_tokenizer_round_trip_and_specials() -> None:

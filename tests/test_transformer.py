@@ -26,13 +26,7 @@ except Exception:  # noqa: BLE001
     HAS_TRANSFORMERS = False
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine a second thread mostly waits for the first."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bert_base_parameter_count_matches_the_published_configuration() -> None:

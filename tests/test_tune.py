@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from cli.app import app
@@ -30,13 +29,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SGD = dict(model="mlp", optimizer="sgd", epochs=2, target_accuracy=0.85)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these tiny models run slower with more on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp_profile(folder: Path) -> Path:
