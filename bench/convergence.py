@@ -236,7 +236,6 @@ def run_mlm(seeds: int, epochs: int, folder: Path) -> str:
 def tuned(args) -> None:
     """``--tune N``: every optimizer tuned with N trials, best configurations re-trained on seeds 1..seeds."""
     from convergence_tuned import run
-    from results import write_json
 
     with tempfile.TemporaryDirectory() as tmp:
         body, data, verdicts = run(args.models.split(","), args.tune, args.seeds, EPOCHS, TARGET, EVAL_EVERY, Path(tmp))

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import machine_line, write_section  # noqa: E402
+from results import machine_line, write_json, write_section  # noqa: E402
 
 from thor_planner import THOR  # noqa: E402
 from thor_planner.inputs.data import digits_batches, synthetic_batches  # noqa: E402
@@ -198,6 +198,13 @@ def main() -> None:
         print(body)
     else:
         write_section("step_overhead", body)
+        write_json("step_overhead", {
+            "machine": machine_line(), "command": " ".join(sys.argv), "threads": args.threads, "goal_cpu": GOAL_CPU,
+            "cases": {name: {"plan_split": plan.split_dim, "steps": steps, "check_points": checks,
+                             "sgd_ms": sgd * 1e3, "thor_ms": thor * 1e3, "ratio": thor / sgd,
+                             "sgd_runs_ms": [t * 1e3 for t in st], "thor_runs_ms": [t * 1e3 for t in tt],
+                             "phases_ms": parts}
+                      for name, plan, _, steps, checks, sgd, thor, st, tt, parts in rows}})
 
 
 if __name__ == "__main__":
