@@ -41,6 +41,12 @@ class TrainDataChoice(str, Enum):
     tokens = "tokens"
 
 
+class GraftChoice(str, Enum):
+    sgd = "sgd"
+    adamw = "adamw"
+    none = "none"
+
+
 class LrScheduleChoice(str, Enum):
     cosine = "cosine"
     constant = "constant"
@@ -83,7 +89,8 @@ def train_cmd(
     optimizer: OptimizerChoice = typer.Option(OptimizerChoice.thor, "--optimizer", help="thor (the plan's splits; profiles the model first without --plan), thor-128 (split 128), kfac (dense factors), sgd (momentum 0.9), adamw, mlbfgs (momentum-based L-BFGS) or lamb (AdamW with a per-tensor trust ratio)."),
     plan: Path = typer.Option(None, "--plan", help="plan.json for --optimizer thor (written by 'thor-plan profile' for this model)."),
     epochs: int = typer.Option(10, "--epochs", help="Passes over the training split."),
-    lr: float = typer.Option(None, "--lr", help="Peak learning rate (default: thor/thor-128/kfac 0.1 and sgd 0.1 — THOR steps take SGD's length —, adamw 0.01, mlbfgs 1.0, lamb 0.05)."),
+    graft: GraftChoice = typer.Option(GraftChoice.sgd, "--graft", help="THOR variants: whose settings the step takes — sgd (each layer's step has SGD's length; momentum 0.9), adamw (a drop-in for AdamW: Adam's filtered gradient is preconditioned and takes AdamW's length per layer; embeddings and LayerNorm get AdamW; the choice for transformers) or none (raw natural gradient)."),
+    lr: float = typer.Option(None, "--lr", help="Peak learning rate (default: thor/thor-128/kfac 0.1 and sgd 0.1 — THOR steps take SGD's length —, with --graft adamw AdamW's 0.01, adamw 0.01, mlbfgs 1.0, lamb 0.05)."),
     lr_schedule: LrScheduleChoice = typer.Option(LrScheduleChoice.cosine, "--lr-schedule", help="cosine (to 0 over the run, per step) or constant; the same for every optimizer."),
     batch_size: int = typer.Option(32, "--batch-size", help="Samples per step."),
     seed: int = typer.Option(0, "--seed", help="Seed for initialisation, shuffling and the planless profile."),
@@ -103,7 +110,8 @@ def train_cmd(
     with user_errors():
         config = TrainConfig(model=model.value, data=data.value, optimizer=optimizer.value, plan=plan,
                              epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, weight_decay=weight_decay,
-                             lr_schedule=lr_schedule.value, eval_every=eval_every)
+                             lr_schedule=lr_schedule.value, eval_every=eval_every,
+                             graft=None if graft is GraftChoice.none else graft.value)
         _check_out(out)
         result = train(config, _TrainBars(lines))
         if out is not None:

@@ -4,6 +4,7 @@ that are counted and end in an error, mixed precision, the device-side skip."""
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 
 import pytest
@@ -219,6 +220,23 @@ def test_device_side_skip_leaves_weights_and_momentum_and_is_reported_later() ->
     assert opt.stats()["skipped_steps"] == 1
 
 
+def test_device_side_skip_with_adamw_graft_leaves_adam_state() -> None:
+    torch.manual_seed(4)
+    model = ConvNet()
+    opt = THOR(model, split=4, schedule=SPARSE, lr=1e-3, weight_decay=1e-2, graft="adamw")
+    opt._sync_free = True
+    batches = data(3, seed=4)
+    run(model, opt, batches[:2])
+    params = [p.detach().clone() for p in model.parameters()]
+    state = [{k: v.clone() for k, v in opt.state[p].items()} for p in model.parameters()]
+    nan_steps(model, opt, 1, *batches[2])
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
+    for p, saved in zip(model.parameters(), state):
+        assert sorted(opt.state[p]) == ["exp_avg", "exp_avg_sq", "step"]
+        assert all(torch.equal(opt.state[p][k], v) for k, v in saved.items())
+    assert float(opt.state[next(model.parameters())]["step"]) == 2.0
+
+
 # -- mixed precision and SGD's settings ----------------------------------------------------------
 
 def test_bf16_autocast_trains_with_float32_factors() -> None:
@@ -305,16 +323,21 @@ class TinyTransformer(nn.Module):
         return self.head(h)
 
 
-def test_thor_on_a_tiny_transformer_equals_per_token_kfac() -> None:
-    """One raw (ungrafted), dense THOR step against K-FAC written plainly with per-token factors."""
+@pytest.mark.parametrize("masked", [False, True])
+def test_thor_on_a_tiny_transformer_equals_per_token_kfac(masked: bool) -> None:
+    """One raw (ungrafted), dense THOR step against K-FAC written plainly with per-token factors.
+    ``masked``: a masked-LM loss, averaged over the 6 labelled tokens of 15 (``loss_samples=6``)."""
     torch.manual_seed(8)
     model = TinyTransformer().double()
     ref = copy.deepcopy(model)
     ids, labels = torch.randint(0, 11, (3, 5)), torch.randint(0, 11, (3, 5))
+    if masked:
+        labels.view(-1)[torch.tensor([0, 2, 3, 7, 8, 9, 11, 12, 14])] = -100
+    terms = 6 if masked else 15  # the loss's own count: M for the masked loss, every token otherwise
     lr, shift = 0.1, 0.03 ** 0.5
     opt = THOR(model, schedule=EVERY_STEP, lr=lr, momentum=0.0, graft=None)
     F.cross_entropy(model(ids).reshape(-1, 11), labels.reshape(-1)).backward()
-    opt.step()
+    opt.step(loss_samples=torch.tensor(6) if masked else None)
 
     linears = {n: m for n, m in ref.named_modules() if isinstance(m, nn.Linear)}
     inputs, outputs = {}, {}
@@ -329,9 +352,9 @@ def test_thor_on_a_tiny_transformer_equals_per_token_kfac() -> None:
     with torch.no_grad():
         for name, m in linears.items():
             a_rows = torch.cat([inputs[name].reshape(tokens, -1), torch.ones(tokens, 1, dtype=torch.float64)], 1)
-            g_rows = tokens * outputs[name].grad.reshape(tokens, -1)  # per-token gradient of its own loss
+            g_rows = terms * outputs[name].grad.reshape(tokens, -1)  # per-token gradient, loss over `terms`
             a = a_rows.T @ a_rows / tokens
-            g = g_rows.T @ g_rows / tokens
+            g = g_rows.T @ g_rows / terms
             grad = torch.cat([m.weight.grad, m.bias.grad[:, None]], 1)
             u = torch.linalg.inv(g + shift * torch.eye(g.shape[0], dtype=torch.float64)) @ grad @ torch.linalg.inv(
                 a + shift * torch.eye(a.shape[0], dtype=torch.float64))
@@ -341,6 +364,13 @@ def test_thor_on_a_tiny_transformer_equals_per_token_kfac() -> None:
             p -= lr * p.grad
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-9, msg=name)
+
+
+def test_loss_samples_must_be_positive() -> None:
+    opt = THOR(TinyTransformer(), split=4, lr=0.1)
+    with pytest.raises(ValueError, match=re.escape("Invalid loss_samples=0: must be >= 1 (the number of "
+                                                   "terms the loss averages over)")):
+        opt.step(loss_samples=0)
 
 
 def test_a_tied_output_projection_gets_sgd_without_a_plan() -> None:

@@ -82,9 +82,12 @@ def block_mask(dim: int, split: int | None, dtype) -> torch.Tensor:
 def reference_kfac(model, data, *, lr, momentum, wd, damping, split=None, kl_clip=None, layers=LAYERS,
                    graft=None):
     """K-FAC with momentum SGD written plainly: A, G from unfold and outer products, dense inverses;
-    ``graft="sgd"``: each layer's direction rescaled to its gradient's Frobenius norm."""
-    bufs = {}
-    for x, y in data:
+    ``graft="sgd"``: each layer's direction rescaled to its gradient's Frobenius norm;
+    ``graft="adamw"``: Adam's bias-corrected first moment m̂ (betas 0.9, 0.999, eps 1e-8) is
+    preconditioned and rescaled to the norm of m̂ / (sqrt(v̂) + eps), the step is AdamW's
+    ``p ← p(1 − lr·wd) − lr·d`` and other parameters take d = m̂ / (sqrt(v̂) + eps)."""
+    bufs, m1, m2 = {}, {}, {}
+    for t, (x, y) in enumerate(data, start=1):
         inputs, outputs, hooks = {}, {}, []
         for name in layers:
             def hook(m, i, o, name=name, inputs=inputs, outputs=outputs):
@@ -98,6 +101,13 @@ def reference_kfac(model, data, *, lr, momentum, wd, damping, split=None, kl_cli
             h.remove()
         batch, shift = x.shape[0], math.sqrt(damping)
         direction, vg = {}, 0.0
+        adam = {}
+        if graft == "adamw":
+            for p in model.parameters():
+                m1[p] = 0.9 * m1.get(p, 0.0) + 0.1 * p.grad
+                m2[p] = 0.999 * m2.get(p, 0.0) + 0.001 * p.grad**2
+                p.grad = m1[p] / (1 - 0.9**t)  # what is preconditioned: the filtered gradient
+                adam[p] = p.grad / ((m2[p] / (1 - 0.999**t)).sqrt() + 1e-8)
         for name in layers:
             m = getattr(model, name)
             if isinstance(m, nn.Conv2d):
@@ -119,6 +129,9 @@ def reference_kfac(model, data, *, lr, momentum, wd, damping, split=None, kl_cli
             u = g_inv @ grad @ a_inv
             if graft == "sgd":
                 u = u * (grad.norm() / u.norm())
+            if graft == "adamw":
+                norm = (adam[m.weight].norm() ** 2 + (adam[m.bias].norm() ** 2 if m.bias is not None else 0)).sqrt()
+                u = u * (norm / u.norm())
             vg += float((u * grad).sum()) * lr**2
             cols = m.weight[0].numel()
             direction[m.weight] = u[:, :cols].reshape(m.weight.shape)
@@ -127,6 +140,10 @@ def reference_kfac(model, data, *, lr, momentum, wd, damping, split=None, kl_cli
         nu = min(1.0, math.sqrt(kl_clip / vg)) if kl_clip else 1.0
         with torch.no_grad():
             for p in model.parameters():
+                if graft == "adamw":
+                    p.mul_(1 - lr * wd)
+                    p -= lr * (direction[p] * nu if p in direction else adam[p])
+                    continue
                 d = direction[p] * nu if p in direction else p.grad
                 d = d + wd * p
                 bufs[p] = d.clone() if p not in bufs else bufs[p] * momentum + d
@@ -142,7 +159,8 @@ def assert_params(a: nn.Module, b: nn.Module, exact: bool = False, rtol: float =
 
 
 @pytest.mark.parametrize("split", [None, 4, 16])
-@pytest.mark.parametrize(("kl_clip", "graft"), [(None, None), (1e-4, None), (None, "sgd"), (1e-4, "sgd")])
+@pytest.mark.parametrize(("kl_clip", "graft"), [(None, None), (1e-4, None), (None, "sgd"), (1e-4, "sgd"),
+                                                 (None, "adamw"), (1e-4, "adamw")])
 def test_equals_plain_kfac(split, kl_clip, graft) -> None:
     """Dense (split = dim) and block-diagonal (split 4: 27 → 4·6+3, 6 → 4+2, 5 → 4+1) K-FAC steps,
     raw or grafted to SGD's per-layer norm, with and without KL clipping."""
@@ -192,6 +210,19 @@ def test_without_preconditioning_equals_sgd(wd, nesterov) -> None:
     train(ref, sgd, data)
     assert_params(model, ref, exact=True)
     assert not model.conv1._forward_hooks  # no hooks without preconditioning
+
+
+@pytest.mark.parametrize("wd", [0.0, 1e-2])
+def test_without_preconditioning_adamw_graft_equals_adamw(wd) -> None:
+    torch.manual_seed(2)
+    model = Net()
+    ref = copy.deepcopy(model)
+    data = batches(4)
+    opt = THOR(model, make_plan(model, 4), lr=1e-3, weight_decay=wd, graft="adamw", betas=(0.8, 0.99),
+               eps=1e-6, precondition=False)
+    train(model, opt, data)
+    train(ref, torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=wd, betas=(0.8, 0.99), eps=1e-6), data)
+    assert_params(model, ref, rtol=1e-6)
 
 
 def test_trace_rule_per_layer_and_only_updated_layers_inverted(monkeypatch) -> None:
@@ -365,6 +396,10 @@ def test_mismatched_plan_is_refused_with_the_list_of_mismatches() -> None:
         ({"lr": 0.1, "momentum": 0.0, "nesterov": True},
          "Invalid nesterov=True: Nesterov momentum requires momentum > 0"),
         ({"lr": 0.1, "kl_clip": 0.0}, "Invalid kl_clip=0.0: must be > 0 (or None to disable)"),
+        ({"lr": 0.1, "graft": "adam"}, "Invalid graft='adam': use 'sgd', 'adamw' or None"),
+        ({"lr": 0.1, "betas": (0.9, 1.0)}, "Invalid betas=(0.9, 1.0) or eps=1e-08: betas in [0, 1), eps >= 0"),
+        ({"lr": 0.1, "graft": "adamw", "nesterov": True},
+         "Invalid nesterov=True with graft='adamw': AdamW's momentum is betas[0]"),
         ({"lr": 0.1, "split": 0},
          "Invalid split=0: pass an integer >= 1 and no plan (a plan carries its own splits)"),
     ],

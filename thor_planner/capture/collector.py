@@ -9,6 +9,10 @@ has a bias) and per-sample output gradients ``g``:
                                    positions t follows KFC, Grosse & Martens 2016), N = every row
                                    (token) for Linear layers (:mod:`thor_planner.capture.layers`)
 
+When the loss averages over some other number of terms ``M`` (a masked-LM loss over the masked
+tokens only), the right scale is ``G = M Σ_n Σ_t ∂ₙ ∂ₙᵀ``: THOR rescales by ``M / N`` when its
+``step`` is told ``loss_samples=M``.
+
 so that A ⊗ G approximates the Fisher of the weight gradient. :class:`FactorCollector` is used both
 by the profiler and by the THOR runtime, so both see the same factors.
 """
@@ -102,6 +106,10 @@ class FactorCollector:
     def has_gradients(self) -> bool:
         """Whether any output gradient was accumulated since the last reset."""
         return bool(self._g_sum)
+
+    def samples(self) -> dict[str, int]:
+        """Per layer, the ``N`` of its G since the last reset (summed over forward/backward pairs)."""
+        return dict(self._g_samples)
 
     def factors(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """``(A, G)`` per layer name for the layers seen since the last reset."""

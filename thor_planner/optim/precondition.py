@@ -9,6 +9,12 @@ directions the same way, and for the same reason). Without it (``graft=None``) t
 natural gradient, whose length scales like ``1/damping`` in flat directions: it needs a learning
 rate of its own (or ``kl_clip``).
 
+**AdamW grafting** (``graft="adamw"``): the layer's Adam-filtered gradient ``m̂`` is preconditioned
+and the result takes, per layer, the norm of AdamW's own direction ``m̂ / (sqrt(v̂) + eps)`` (Distributed
+Shampoo's Adam grafting): the learning rate, betas and weight decay tuned for ``torch.optim.AdamW``
+carry over, and every parameter that is not preconditioned (embeddings, LayerNorm) is updated by
+AdamW itself (:func:`~thor_planner.optim.update.adam_moments`).
+
 **KL clipping** (``kl_clip=κ``, K-FAC's): after grafting, every preconditioned direction is scaled by
 ``ν = min(1, sqrt(κ / Σ lr²⟨V, ∇⟩))``.
 
@@ -17,20 +23,24 @@ Everything stays on the device (no host synchronisation).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from thor_planner.optim.blocks import left, right
 from thor_planner.optim.layer import Layer
 
-GRAFTS = ("sgd", None)
+GRAFTS = ("sgd", "adamw", None)
 
 
-def layer_gradient(layer: Layer, dtype: torch.dtype) -> torch.Tensor:
-    """The layer's gradient as ``(out, in·kh·kw [+ 1])`` in ``dtype`` (the bias as the last column)."""
+def layer_gradient(layer: Layer, dtype: torch.dtype, of: Mapping | None = None) -> torch.Tensor:
+    """The layer's gradient as ``(out, in·kh·kw [+ 1])`` in ``dtype`` (the bias as the last column);
+    ``of`` maps a parameter to the tensor to use instead of its ``.grad``."""
     w, b = layer.weight, layer.bias
-    grad = w.grad.reshape(w.shape[0], -1)
+    grad = (w.grad if of is None else of[w]).reshape(w.shape[0], -1)
     if b is not None:
-        bias_grad = b.grad if b.grad is not None else torch.zeros_like(b)
+        bias_grad = (b.grad if of is None else of.get(b)) if b.grad is not None else None
+        bias_grad = bias_grad if bias_grad is not None else torch.zeros_like(b)
         grad = torch.cat([grad, bias_grad.reshape(-1, 1)], dim=1)
     return grad.to(dtype)
 
@@ -46,11 +56,13 @@ def grafted(v: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 
 def directions(layers: list[Layer], dtype: torch.dtype, lr_of: dict, *, graft: str | None,
-               kl_clip: float | None) -> dict[torch.Tensor, torch.Tensor]:
+               kl_clip: float | None, source: Mapping | None = None, reference: Mapping | None = None
+               ) -> dict[torch.Tensor, torch.Tensor]:
     """The preconditioned direction of every parameter of the ``layers`` that have inverses.
 
     ``lr_of`` maps each parameter to its param group's learning rate (parameters outside every
-    group are left out).
+    group are left out). ``source`` maps parameters to what is preconditioned (default: ``.grad``),
+    ``reference`` to the direction whose norm a grafted layer takes (default: ``source``).
     """
     out: dict[torch.Tensor, torch.Tensor] = {}
     vg = []
@@ -58,10 +70,10 @@ def directions(layers: list[Layer], dtype: torch.dtype, lr_of: dict, *, graft: s
         w, b = layer.weight, layer.bias
         if layer.a_inv is None or w.grad is None or w not in lr_of:
             continue
-        grad = layer_gradient(layer, dtype)
+        grad = layer_gradient(layer, dtype, source)
         v = natural_gradient(layer, grad)
-        if graft == "sgd":
-            v = grafted(v, grad)
+        if graft is not None:
+            v = grafted(v, grad if reference is None else layer_gradient(layer, dtype, reference))
         if kl_clip is not None:
             vg.append((v * grad).sum() * lr_of[w] ** 2)
         cols = w[0].numel()

@@ -54,7 +54,7 @@ from thor_planner.optim.precondition import GRAFTS, directions
 from thor_planner.optim.refresh import check_point, local_inverter, replay_inverses
 from thor_planner.optim.skips import DivergedError, SkipCounter
 from thor_planner.optim.trace import LayerTrace
-from thor_planner.optim.update import sgd_update
+from thor_planner.optim.update import adam_moments, adamw_update, sgd_update
 from thor_planner.partition import partition
 from thor_planner.planning.plan import Plan, Schedule
 
@@ -71,7 +71,10 @@ class THOR(torch.optim.Optimizer):
             ``split`` (``None``: dense, unsplit K-FAC), with ``schedule`` or ``Schedule()``.
         lr, momentum, weight_decay, nesterov: as ``torch.optim.SGD`` (dampening 0).
         graft: ``"sgd"`` (default): each layer's natural-gradient direction takes the norm of its
-            gradient, so SGD's settings carry over; ``None``: the raw natural gradient.
+            gradient, so SGD's settings carry over; ``"adamw"``: a drop-in for ``torch.optim.AdamW``
+            (``lr``, ``betas``, ``eps``, decoupled ``weight_decay``; ``momentum`` unused): the
+            Adam-filtered gradient is preconditioned and takes the norm of AdamW's direction, other
+            parameters get AdamW's update; ``None``: the raw natural gradient.
         schedule: overrides the plan's schedule (per-layer ω1/ω2 still come from the plan).
         precondition: ``False`` gives exactly ``torch.optim.SGD`` (no hooks).
         kl_clip: K-FAC KL clipping bound (``None``: off), applied after grafting.
@@ -93,7 +96,8 @@ class THOR(torch.optim.Optimizer):
                  weight_decay: float = 0.0, nesterov: bool = False, split: int | None = None,
                  graft: str | None = "sgd", schedule: Schedule | None = None, precondition: bool = True,
                  kl_clip: float | None = None, grad_scaler=None, backends: str | Mapping[int, str] | None = None,
-                 max_skipped_steps: int | None = 10, capture_tf32: bool = True, distributed: bool | None = None):
+                 max_skipped_steps: int | None = 10, capture_tf32: bool = True, distributed: bool | None = None,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         for what, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
             if not value >= 0:
                 raise ValueError(f"Invalid {what}={value}: must be >= 0")
@@ -105,10 +109,15 @@ class THOR(torch.optim.Optimizer):
             raise ValueError(f"Invalid split={split}: pass an integer >= 1 and no plan "
                              "(a plan carries its own splits)")
         if graft not in GRAFTS:
-            raise ValueError(f"Invalid graft={graft!r}: use 'sgd' or None")
+            raise ValueError(f"Invalid graft={graft!r}: use 'sgd', 'adamw' or None")
+        if not (len(betas) == 2 and all(0 <= b < 1 for b in betas)) or not eps >= 0:
+            raise ValueError(f"Invalid betas={tuple(betas)} or eps={eps}: betas in [0, 1), eps >= 0")
+        if nesterov and graft == "adamw":
+            raise ValueError("Invalid nesterov=True with graft='adamw': AdamW's momentum is betas[0]")
         if max_skipped_steps is not None and (isinstance(max_skipped_steps, bool) or max_skipped_steps < 1):
             raise ValueError(f"Invalid max_skipped_steps={max_skipped_steps}: must be >= 1 (or None)")
-        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "nesterov": nesterov}
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "nesterov": nesterov,
+                    "betas": tuple(betas), "eps": eps}
         super().__init__(list(model.parameters()), defaults)
         model = unwrap(model)
 
@@ -173,8 +182,11 @@ class THOR(torch.optim.Optimizer):
         if self._collector is not None:
             self._collector.active = self._step % self.schedule.factor_every == 0
 
-    def _fold_factors(self) -> None:
+    def _fold_factors(self, loss_samples) -> None:
         a_new, g_new = self._collector.factors()
+        if loss_samples is not None:  # G was scaled for a loss averaged over N rows: rescale to M
+            seen = self._collector.samples()
+            g_new = {n: g * (loss_samples / seen[n]) for n, g in g_new.items()}
         if self._ranks is not None:
             a_new, g_new = self._ranks.average_factors(self._live(), a_new, g_new, self._dtype)
         live = [l for l in self._live() if l.name in a_new and l.name in g_new]
@@ -265,8 +277,19 @@ class THOR(torch.optim.Optimizer):
     # -- the step ----------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def step(self, closure=None):
-        """One THOR step (see the module docstring); returns the closure's loss if given."""
+    def step(self, closure=None, *, loss_samples: int | torch.Tensor | None = None):
+        """One THOR step (see the module docstring); returns the closure's loss if given.
+
+        ``loss_samples``: how many terms the loss of this step's backward averaged over, when that is
+        not one per sample and token (the factor default: batch for Conv2d, batch·tokens for Linear).
+        A masked-LM loss averaged over the masked tokens passes their count,
+        ``(labels != -100).sum()``: a 0-dim tensor stays on the device (no host sync). It scales
+        the captured G by ``loss_samples / N`` (exact for one backward per step; with gradient
+        accumulation pass the total over the micro-batches). Ignored on steps that capture nothing.
+        """
+        if loss_samples is not None and not isinstance(loss_samples, torch.Tensor) and not loss_samples >= 1:
+            raise ValueError(f"Invalid loss_samples={loss_samples}: must be >= 1 (the number of terms the "
+                             "loss averages over)")
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -294,7 +317,7 @@ class THOR(torch.optim.Optimizer):
                 self._replay = False
             if self._collector is not None:
                 if capturing:
-                    self._fold_factors()
+                    self._fold_factors(loss_samples)
                 self._collector.reset()
             if self._step >= self._next_check:
                 t = self._step
@@ -304,9 +327,19 @@ class THOR(torch.optim.Optimizer):
                             layer.a = layer.g = None  # its inverses are final: the factors are not needed
                     self._rebuild_collector()
                 self._next_check = t + self.schedule.interval(t)
-            precond = directions(self._layers, self._dtype, lr_of, graft=self.graft, kl_clip=self.kl_clip)
+        adam = self.graft == "adamw"
+        source, reference = {}, {}  # AdamW: the filtered gradients and AdamW's directions
+        for group in self.param_groups if adam else ():
+            m_hat, adam_dir = adam_moments(group, self.state, ok)
+            source.update(m_hat), reference.update(adam_dir)
+        if self._layers:
+            precond = directions(self._layers, self._dtype, lr_of, graft=self.graft, kl_clip=self.kl_clip,
+                                 **({"source": source, "reference": reference} if adam else {}))
         for group in self.param_groups:
-            sgd_update(group, self.state, precond, ok)
+            if adam:
+                adamw_update(group, {**reference, **precond}, ok)
+            else:
+                sgd_update(group, self.state, precond, ok)
         self._step += 1
         self._activate()
         return loss

@@ -44,3 +44,65 @@ def sgd_update(group: dict, state: Mapping, directions: Mapping[torch.Tensor, to
     else:
         step = torch.where(ok, -lr, 0.0).to(params[0].device)
         torch._foreach_add_(params, torch._foreach_mul(d, step))
+
+
+# -------------------------------------------------------------------------------- AdamW
+
+
+def adam_moments(group: dict, state: Mapping, ok: torch.Tensor | None = None
+                 ) -> tuple[dict[torch.Tensor, torch.Tensor], dict[torch.Tensor, torch.Tensor]]:
+    """Update Adam's moments of one param ``group`` from ``p.grad``, as ``torch.optim.AdamW`` does
+    (per-parameter step counts, bias corrections); returns ``(m̂, m̂ / (sqrt(v̂) + eps))`` per
+    parameter: the filtered gradient THOR preconditions, and AdamW's own direction.
+
+    With ``ok`` false the moments and step counts are left exactly as they were.
+    """
+    params = [p for p in group["params"] if p.grad is not None]
+    if not params:
+        return {}, {}
+    (beta1, beta2), eps = group["betas"], group["eps"]
+    for p in params:
+        if "exp_avg" not in state[p]:
+            state[p]["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    grads = [p.grad for p in params]
+    m, v = [state[p]["exp_avg"] for p in params], [state[p]["exp_avg_sq"] for p in params]
+    steps = [state[p]["step"] for p in params]
+    if ok is None:
+        torch._foreach_add_(steps, 1)
+        torch._foreach_lerp_(m, grads, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+    else:  # a skipped step: zero gradients and decay factors of 1 leave m, v and the counts as they were
+        grads = [torch.where(ok, g, torch.zeros((), dtype=g.dtype, device=g.device)) for g in grads]
+        torch._foreach_add_(steps, ok.float())
+        torch._foreach_mul_(m, torch.where(ok, beta1, 1.0).to(m[0].device))
+        torch._foreach_add_(m, grads, alpha=1 - beta1)
+        torch._foreach_mul_(v, torch.where(ok, beta2, 1.0).to(v[0].device))
+    torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+    t = [s.to(torch.float64) for s in steps]  # bias corrections in float64 (0-dim: no type promotion)
+    bc1 = torch._foreach_neg(torch._foreach_sub(torch._foreach_pow(beta1, t), 1))  # 1 - β1^t
+    bc2 = torch._foreach_sqrt(torch._foreach_neg(torch._foreach_sub(torch._foreach_pow(beta2, t), 1)))
+    m_hat = torch._foreach_div(m, bc1)
+    denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(v), bc2), eps)
+    return dict(zip(params, m_hat)), dict(zip(params, torch._foreach_div(m_hat, denom)))
+
+
+def adamw_update(group: dict, directions: Mapping[torch.Tensor, torch.Tensor],
+                 ok: torch.Tensor | None = None) -> None:
+    """``p ← p·(1 − lr·wd) − lr·d``: AdamW's decoupled weight decay and step along ``directions``
+    (every parameter with a gradient has one)."""
+    params = [p for p in group["params"] if p.grad is not None]
+    if not params:
+        return
+    lr, wd = group["lr"], group["weight_decay"]
+    d = [directions[p] for p in params]
+    if ok is None:
+        if wd != 0:
+            torch._foreach_mul_(params, 1 - lr * wd)
+        torch._foreach_add_(params, d, alpha=-lr)
+        return
+    d = [torch.where(ok, x, torch.zeros((), dtype=x.dtype, device=x.device)) for x in d]
+    if wd != 0:
+        torch._foreach_mul_(params, torch.where(ok, 1 - lr * wd, 1.0).to(params[0].device))
+    torch._foreach_add_(params, torch._foreach_mul(d, torch.where(ok, -lr, 0.0).to(params[0].device)))

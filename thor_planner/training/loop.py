@@ -96,8 +96,9 @@ class TrainConfig:
     #: ``mlbfgs``: keyword options of :class:`~thor_planner.optim.mlbfgs.MLBFGS` (history_size,
     #: update_every, damping); its momentum is ``momentum``.
     mlbfgs_options: dict | None = None
-    #: THOR variants: ``"sgd"`` (the step's length grafted from SGD's) or ``None`` (the raw natural
-    #: gradient), and K-FAC's KL clipping bound (``None``: off).
+    #: THOR variants: ``"sgd"`` (the step's length grafted from SGD's), ``"adamw"`` (a drop-in for
+    #: AdamW: see :class:`~thor_planner.optim.THOR`) or ``None`` (the raw natural gradient), and
+    #: K-FAC's KL clipping bound (``None``: off).
     graft: str | None = "sgd"
     kl_clip: float | None = None
 
@@ -129,8 +130,11 @@ class TrainConfig:
         if self.schedule is not None and self.optimizer not in THOR_VARIANTS:
             raise TrainConfigError(f"Invalid schedule: a schedule applies only to {_names(THOR_VARIANTS)}, "
                                    f"not '{self.optimizer}'")
-        if self.graft not in ("sgd", None):
-            raise TrainConfigError(f"Invalid graft={self.graft!r}: use 'sgd' or None")
+        if self.graft not in ("sgd", "adamw", None):
+            raise TrainConfigError(f"Invalid graft={self.graft!r}: use 'sgd', 'adamw' or None")
+        if self.graft != "sgd" and self.optimizer not in THOR_VARIANTS:
+            raise TrainConfigError(f"Invalid graft={self.graft!r}: grafting applies only to "
+                                   f"{_names(THOR_VARIANTS)}, not '{self.optimizer}'")
         if self.kl_clip is not None and not self.kl_clip > 0:
             raise TrainConfigError(f"Invalid kl_clip={self.kl_clip}: must be > 0 (or None)")
         if self.mlbfgs_options is not None and self.optimizer != "mlbfgs":
@@ -139,7 +143,9 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+        if self.lr is not None:
+            return self.lr
+        return DEFAULT_LR["adamw" if self.graft == "adamw" else self.optimizer]
 
 
 @dataclass(frozen=True)
@@ -330,6 +336,7 @@ def train(config: TrainConfig, progress: Progress = Progress(), on_eval=None) ->
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / total)))
     else:
         scheduler = None
+    counts_terms = config.data in TOKEN_DATA and config.optimizer in THOR_VARIANTS  # THOR on a masked LM
     gen = torch.Generator().manual_seed(config.seed)
     records: list[EvalRecord] = []
     seconds, step, loss_sum, loss_count, stopped = 0.0, 0, 0.0, 0, "completed"
@@ -341,7 +348,10 @@ def train(config: TrainConfig, progress: Progress = Progress(), on_eval=None) ->
                 opt.zero_grad()
                 loss = task_loss(model(x_train[idx]), y_train[idx])
                 loss.backward()
-                opt.step()
+                if counts_terms:  # THOR's G for a loss over the masked tokens only
+                    opt.step(loss_samples=max(int((y_train[idx] != IGNORE_INDEX).sum()), 1))
+                else:
+                    opt.step()
                 if scheduler is not None:
                     scheduler.step()
                 value = loss.item()
