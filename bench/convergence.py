@@ -2,6 +2,7 @@
 
     python bench/convergence.py [--models cnn,mlp-wide] [--seeds 5] [--threads 1]   # writes its section
     python bench/convergence.py --mlm [--seeds 1] [--mlm-epochs 3]   # bert-tiny on text (own section)
+    python bench/convergence.py --mlm --mlm-epochs 10 --mlm-lrs thor=1e-3,adamw=1e-3,...   # longer run
     python bench/convergence.py --tune 20 [--seeds 3]   # every optimizer tuned at 20 trials (own section)
 
 For each model: profile it on digits (``run_profile``) and plan it twice, with the default crossover
@@ -181,10 +182,12 @@ def first_time(records, accuracy: float) -> float:
     return next((r.seconds for r in records if r.test_accuracy >= accuracy), math.inf)
 
 
-def run_mlm(seeds: int, epochs: int, folder: Path) -> tuple[str, dict]:
+def run_mlm(seeds: int, epochs: int, folder: Path, grids: dict | None = None) -> tuple[str, dict]:
     """bert-tiny on text: masked-token accuracy against training time, every optimizer over a grid of
     three learning rates (equal budgets: same epochs, same grid size); per optimizer the rate with the
-    best median final accuracy. Goal: planned THOR reaches AdamW's final accuracy in ≤ 0.7× AdamW's time."""
+    best median final accuracy. Goal: planned THOR reaches AdamW's final accuracy in ≤ 0.7× AdamW's time.
+    ``grids``: one learning rate per optimizer instead (a longer run at the rates a grid run chose)."""
+    grids = grids or MLM_GRIDS
     start = time.perf_counter()
     cfg = ProfileConfig(model="bert-tiny", data="text", batches=4, batch_size=32, device="cpu",
                         timing=TimingConfig(budget_s=0.2))
@@ -193,7 +196,7 @@ def run_mlm(seeds: int, epochs: int, folder: Path) -> tuple[str, dict]:
     profile_s = time.perf_counter() - start
     runs: dict[tuple[str, float], list] = {}
     for seed in range(seeds):
-        for key, lrs in MLM_GRIDS.items():
+        for key, lrs in grids.items():
             for lr in lrs:
                 tc = TrainConfig(model="bert-tiny", data="text", optimizer=key, lr=lr, epochs=epochs, seed=seed,
                                  eval_every=MLM_EVAL_EVERY, plan=plan_path if key == "thor" else None,
@@ -205,7 +208,7 @@ def run_mlm(seeds: int, epochs: int, folder: Path) -> tuple[str, dict]:
                 print(f"bert-tiny seed {seed} {key} lr {lr:g}: final accuracy {r.records[-1].test_accuracy:.4f} "
                       f"({r.seconds:.0f} s, {r.stopped})", flush=True)
     final = {k: statistics.median(r.records[-1].test_accuracy for r in rs) for k, rs in runs.items()}
-    best = {key: max(lrs, key=lambda lr: final[(key, lr)]) for key, lrs in MLM_GRIDS.items()}
+    best = {key: max(lrs, key=lambda lr: final[(key, lr)]) for key, lrs in grids.items()}
     adamw = runs[("adamw", best["adamw"])]
     target = final[("adamw", best["adamw"])]
     adamw_s = statistics.median(first_time(r.records, target) for r in adamw)
@@ -213,17 +216,25 @@ def run_mlm(seeds: int, epochs: int, folder: Path) -> tuple[str, dict]:
     for key, lr in best.items():
         r = runs[(key, lr)][0]
         per_epoch[key] = [x for x in r.records if x.step % r.steps_per_epoch == 0]
+    single = all(len(lrs) == 1 for lrs in grids.values())
+    lrs_arg = ",".join(f"{k}={lrs[0]:g}" for k, lrs in grids.items()) if single else ""
     lines = [
+        "## Masked-token accuracy on text: bert-tiny, longer run at the grid's rates "
+        "(`bench/convergence.py --mlm --mlm-lrs`)" if single else
         "## Masked-token accuracy on text: bert-tiny (`bench/convergence.py --mlm`)",
         "",
         f"Machine: {machine_line()}; load average at the end {os.getloadavg()[0]:.2f}. Command: "
-        f"`python bench/convergence.py --mlm --seeds {seeds} --mlm-epochs {epochs}` "
+        f"`python bench/convergence.py --mlm --seeds {seeds} --mlm-epochs {epochs}"
+        + (f" --mlm-lrs {lrs_arg}" if single else "") + "` "
         f"({(time.perf_counter() - start) / 60:.1f} min, 1 thread). Data: Python's bundled documentation, byte "
         f"tokens, 128 per sequence, 90/10 split, 15% masked (fixed). Every run: batch 32, weight decay 5e-4, cosine "
         f"schedule over {epochs} epochs ({runs[('adamw', best['adamw'])][0].steps_per_epoch} steps each), "
-        f"evaluation every {MLM_EVAL_EVERY} steps outside the clock. Equal budgets: every optimizer gets the "
-        f"same epochs and a grid of three learning rates; per optimizer the rate with the best median final "
-        f"accuracy over seeds 0–{seeds - 1}. THOR variants use `graft='adamw'` (AdamW's grid, betas "
+        f"evaluation every {MLM_EVAL_EVERY} steps outside the clock. "
+        + ("Each optimizer at the one learning rate its 3-rate grid run chose (the section above; the same "
+           "budget for every optimizer). " if single else
+           "Equal budgets: every optimizer gets the same epochs and a grid of three learning rates; per "
+           f"optimizer the rate with the best median final accuracy over seeds 0–{seeds - 1}. ")
+        + "THOR variants use `graft='adamw'` (AdamW's grid, betas "
         "(0.9, 0.999); embeddings and LayerNorm get AdamW) and are told the masked-token count "
         f"(`step(loss_samples=…)`). Plan (`thor-plan profile --model bert-tiny --data text --batches 4 "
         f"--batch-size 32 --time-budget 0.2`, {profile_s:.1f} s, not counted): global split {plan.split_dim}"
@@ -252,9 +263,10 @@ def run_mlm(seeds: int, epochs: int, folder: Path) -> tuple[str, dict]:
                      f"{', '.join(f'{x.test_accuracy:.3f}' for x in per_epoch[key])} | {ms:.0f} | {fmt(t)} | {ratio} |")
         data["best"][key] = {"lr": lr, "final_accuracy": final[(key, lr)], "seconds_to_target": t, "ms_per_step": ms,
                              "epoch_accuracy": [x.test_accuracy for x in per_epoch[key]]}
-    lines += ["", "All learning rates (median final accuracy):", "",
-              "| optimizer | " + " | ".join(f"lr {i + 1}" for i in range(3)) + " |", "|---|---|---|---|"]
-    for key, lrs in MLM_GRIDS.items():
+    lines += [] if single else [
+        "", "All learning rates (median final accuracy):", "",
+        "| optimizer | " + " | ".join(f"lr {i + 1}" for i in range(3)) + " |", "|---|---|---|---|"]
+    for key, lrs in grids.items() if not single else ():
         lines.append(f"| {MLM_LABELS[key]} | " + " | ".join(f"{lr:g}: {final[(key, lr)]:.4f}" for lr in lrs) + " |")
     thor_s = statistics.median(first_time(r.records, target) for r in runs[("thor", best["thor"])])
     r = thor_s / adamw_s if math.isfinite(thor_s) and math.isfinite(adamw_s) else math.inf
@@ -293,6 +305,9 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--mlm", action="store_true", help="run only the bert-tiny on text case")
     parser.add_argument("--mlm-epochs", type=int, default=3)
+    parser.add_argument("--mlm-lrs", default=None, metavar="KEY=LR,...",
+                        help="one learning rate per optimizer (thor, thor-128, adamw, lamb, sgd) instead of the "
+                             "grids: a longer run at the rates a grid run chose (own section)")
     parser.add_argument("--tune", type=int, default=0, metavar="TRIALS",
                         help="tune every optimizer with this many trials first (bench/convergence_tuned.py)")
     args = parser.parse_args()
@@ -302,12 +317,21 @@ def main() -> None:
         return
     if args.mlm:
         with tempfile.TemporaryDirectory() as tmp:
-            text, data = run_mlm(args.seeds, args.mlm_epochs, Path(tmp))
+            grids = None
+            if args.mlm_lrs:
+                grids = {k: (float(v),) for k, v in (item.split("=") for item in args.mlm_lrs.split(","))}
+                unknown = set(grids) - set(MLM_GRIDS)
+                if unknown or not grids:
+                    parser.error(f"--mlm-lrs: unknown optimizer(s) {sorted(unknown)}; use {sorted(MLM_GRIDS)}")
+                if "adamw" not in grids or "thor" not in grids:
+                    parser.error("--mlm-lrs must give adamw (the target) and thor (the goal's subject)")
+            text, data = run_mlm(args.seeds, args.mlm_epochs, Path(tmp), grids)
+        name = "convergence-mlm-long" if grids else "convergence-mlm"
         if args.no_write:
             print(text)
         else:
-            write_section("convergence-mlm", text)
-            write_json("convergence-mlm", {**data, "command": " ".join(sys.argv)})
+            write_section(name, text)
+            write_json(name, {**data, "command": " ".join(sys.argv)})
         return
     start = time.perf_counter()
     body, verdicts, figures = [], [], {}

@@ -45,6 +45,7 @@ def tune_cmd(
     target_accuracy: float = typer.Option(0.97, "--target-accuracy", help="Test accuracy whose training time is minimised."),
     seed: int = typer.Option(0, "--seed", help="Seed of the TPE sampler and of every trial's training."),
     eval_every: int = typer.Option(None, "--eval-every", help="Also evaluate every N steps (default: once per epoch)."),
+    graft: str = typer.Option("sgd", "--graft", help="thor, thor-128, kfac: sgd (SGD's step lengths and lr range) or adamw (THOR as a drop-in for AdamW, AdamW's lr range: for transformers)."),
     pruner: PrunerChoice = typer.Option(PrunerChoice.median, "--pruner", help="median: stop a trial whose test error is worse than the median of earlier trials at the same step; none."),
     json_out: bool = typer.Option(False, "--json", help="Print only one JSON summary line on stdout (everything else goes to stderr)."),
 ) -> None:
@@ -69,7 +70,8 @@ def tune_cmd(
         import_optuna()
         config = TuneConfig(model=model.value, data=data.value, optimizer=optimizer.value, plan=plan,
                             trials=trials, timeout=timeout, storage=storage, study=study, epochs=epochs,
-                            target_accuracy=target_accuracy, seed=seed, eval_every=eval_every, pruner=pruner.value)
+                            target_accuracy=target_accuracy, seed=seed, eval_every=eval_every, pruner=pruner.value,
+                            graft=graft)
         folder = out or Path("tuned") / config.study_name
         first_created = None  # the outermost folder this run creates, removed again if left empty
         for candidate in (folder, *folder.parents):
@@ -96,7 +98,8 @@ def tune_cmd(
                 highlight=False)
     if result.plan is not None:
         lines.print(escape(f"Train with it: thor-plan train --model {model.value} --data {data.value} --optimizer thor "
-                           f"--plan {folder / 'plan.json'} --lr {summary['best_params']['lr']:.4g} --epochs {epochs}"),
+                           f"--plan {folder / 'plan.json'} --lr {summary['best_params']['lr']:.4g} --epochs {epochs}"
+                           + ("" if graft == "sgd" else f" --graft {graft}")),
                     highlight=False)
     if json_out:
         typer.echo(json.dumps(summary))

@@ -59,6 +59,9 @@ def invoke(*args):
         ({"target_accuracy": 1.5}, "Invalid target_accuracy=1.5: must be in (0, 1]"),
         ({"optimizer": "sgd", "plan": "p.json"},
          "Invalid plan='p.json': a plan applies only to optimizer 'thor', not 'sgd'"),
+        ({"graft": "adam"}, "Invalid graft='adam': use 'sgd', 'adamw' or None"),
+        ({"optimizer": "adamw", "graft": "adamw"},
+         "Invalid graft='adamw': grafting applies only to thor, thor-128 or kfac, not 'adamw'"),
     ],
 )
 def test_config_validation_messages(kwargs, message) -> None:
@@ -92,6 +95,14 @@ def test_one_epoch_per_optimizer_beats_chance(optimizer) -> None:
     if optimizer == "thor":
         assert notes[0].startswith("No plan given: profiling cnn on digits first")
         assert result.plan_split is not None and result.profile_seconds > 0
+
+
+def test_adamw_grafted_thor_takes_adamws_default_rate_and_trains() -> None:
+    config = TrainConfig(optimizer="thor-128", graft="adamw", epochs=1)
+    assert config.learning_rate == TrainConfig(optimizer="adamw").learning_rate == 0.01
+    result = train(config)
+    assert result.records[-1].test_accuracy > 0.8  # the cnn after one epoch (chance is 0.1)
+    assert result.optimizer_stats["skipped_steps"] == 0
 
 
 def test_deterministic_and_stops_at_target() -> None:

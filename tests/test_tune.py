@@ -257,3 +257,23 @@ def test_outputs_for_a_baseline_have_no_plan(tmp_path: Path) -> None:
     assert best["optimizer"] == "mlbfgs" and set(best["params"]) == {"lr", "momentum", "history_size",
                                                                      "update_every", "damping"}
     assert not (tmp_path / "plan.json").exists() and (tmp_path / "report.html").is_file()
+
+
+def test_adamw_grafted_thor_tunes_in_adamw_learning_rates(tmp_path: Path) -> None:
+    from thor_planner.tune.space import signature, space, train_options
+
+    lrs = {g: next(p for p in space("thor", g) if p.name == "lr") for g in ("sgd", "adamw")}
+    assert (lrs["sgd"].low, lrs["sgd"].high) == (1e-3, 1.0) and (lrs["adamw"].low, lrs["adamw"].high) == (1e-4, 0.1)
+    assert [p.name for p in space("thor", "adamw")] == [p.name for p in space("thor")]
+    assert signature("thor", {}, "adamw") != signature("thor", {})
+    params = {"lr": 1e-3, "damping_init": 0.03, "damping_decay": 1.0, "omega1": 0.01, "omega2_ratio": 0.5,
+              "factor_every": 10, "interval_initial": 10, "interval_growth": 2.0}
+    assert train_options("kfac", params, 45, "adamw")["graft"] == "adamw"
+    assert "graft" not in train_options("kfac", params, 45)
+    with pytest.raises(TuneError, match=r"^Invalid graft='adamw': grafting applies only to thor, thor-128 and "
+                                        r"kfac, not 'sgd'$"):
+        TuneConfig(optimizer="sgd", graft="adamw")
+    result = run_tune(TuneConfig(model="mlp", optimizer="thor-128", graft="adamw", epochs=1, target_accuracy=0.2,
+                                 trials=1, storage=storage(tmp_path), pruner="none"))
+    assert result.config.study_name == "mlp-digits-thor-128-adamw"
+    assert 1e-4 <= result.best.params["lr"] <= 0.1

@@ -50,7 +50,8 @@ from thor_planner.inversion.backends import DEFAULT_BACKEND
 from thor_planner.optim.blocks import BlockFactorCollector
 from thor_planner.optim.distributed import RankGroup, unwrap, wanted
 from thor_planner.optim.layer import Layer, plan_backends
-from thor_planner.optim.precondition import GRAFTS, directions
+from thor_planner.optim.arguments import check_arguments
+from thor_planner.optim.precondition import directions
 from thor_planner.optim.refresh import check_point, local_inverter, replay_inverses
 from thor_planner.optim.skips import DivergedError, SkipCounter
 from thor_planner.optim.trace import LayerTrace
@@ -98,24 +99,9 @@ class THOR(torch.optim.Optimizer):
                  kl_clip: float | None = None, grad_scaler=None, backends: str | Mapping[int, str] | None = None,
                  max_skipped_steps: int | None = 10, capture_tf32: bool = True, distributed: bool | None = None,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        for what, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-            if not value >= 0:
-                raise ValueError(f"Invalid {what}={value}: must be >= 0")
-        if nesterov and momentum == 0:
-            raise ValueError("Invalid nesterov=True: Nesterov momentum requires momentum > 0")
-        if kl_clip is not None and not kl_clip > 0:
-            raise ValueError(f"Invalid kl_clip={kl_clip}: must be > 0 (or None to disable)")
-        if split is not None and (plan is not None or split < 1):
-            raise ValueError(f"Invalid split={split}: pass an integer >= 1 and no plan "
-                             "(a plan carries its own splits)")
-        if graft not in GRAFTS:
-            raise ValueError(f"Invalid graft={graft!r}: use 'sgd', 'adamw' or None")
-        if not (len(betas) == 2 and all(0 <= b < 1 for b in betas)) or not eps >= 0:
-            raise ValueError(f"Invalid betas={tuple(betas)} or eps={eps}: betas in [0, 1), eps >= 0")
-        if nesterov and graft == "adamw":
-            raise ValueError("Invalid nesterov=True with graft='adamw': AdamW's momentum is betas[0]")
-        if max_skipped_steps is not None and (isinstance(max_skipped_steps, bool) or max_skipped_steps < 1):
-            raise ValueError(f"Invalid max_skipped_steps={max_skipped_steps}: must be >= 1 (or None)")
+        check_arguments(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, kl_clip=kl_clip,
+                        split=split, planned=plan is not None, graft=graft, betas=betas, eps=eps,
+                        max_skipped_steps=max_skipped_steps)
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "nesterov": nesterov,
                     "betas": tuple(betas), "eps": eps}
         super().__init__(list(model.parameters()), defaults)

@@ -8,6 +8,8 @@ Every optimizer has its own space (so comparisons are made at equal trial budget
   (steps between the first inverse check points) and ``interval_growth`` (the interval's factor per
   epoch). ``thor`` also tunes ``loss_threshold``, the planner rule's information-loss threshold: each
   trial re-plans the per-layer splits from the profile's measurements, without measuring again.
+  With ``graft="adamw"`` (THOR as a drop-in for AdamW, for transformers) their ``lr`` takes
+  AdamW's range instead of SGD's (:func:`space`).
 - ``sgd``: ``lr``, ``momentum``. ``adamw`` and ``lamb``: ``lr``, ``weight_decay``.
 - ``mlbfgs``: ``lr``, ``momentum`` (of the parameter and gradient averages), ``history_size``,
   ``update_every``, ``damping``.
@@ -72,16 +74,24 @@ SPACES: dict[str, tuple[Param, ...]] = {
 }
 
 
-def suggest(trial, optimizer: str) -> dict:
+def space(optimizer: str, graft: str | None = "sgd") -> tuple[Param, ...]:
+    """``optimizer``'s parameters; THOR variants grafted to AdamW take AdamW's learning rates."""
+    params = SPACES[optimizer]
+    if optimizer in THOR_VARIANTS and graft == "adamw":
+        params = tuple(SPACES["adamw"][0] if p.name == "lr" else p for p in params)
+    return params
+
+
+def suggest(trial, optimizer: str, graft: str | None = "sgd") -> dict:
     """Ask ``trial`` for every parameter of ``optimizer``'s space, in a fixed order."""
-    return {p.name: p.suggest(trial) for p in SPACES[optimizer]}
+    return {p.name: p.suggest(trial) for p in space(optimizer, graft)}
 
 
-def signature(optimizer: str, objective: dict) -> str:
+def signature(optimizer: str, objective: dict, graft: str | None = "sgd") -> str:
     """A short fingerprint of the space and of what the objective measures (``objective``: model,
     data, epochs, target accuracy, batch size)."""
-    space = [vars(p) for p in SPACES[optimizer]]
-    text = json.dumps({"optimizer": optimizer, "space": space, "objective": objective}, sort_keys=True)
+    space_ = [vars(p) for p in space(optimizer, graft)]
+    text = json.dumps({"optimizer": optimizer, "space": space_, "objective": objective}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -100,12 +110,14 @@ def schedule_from(params: dict, steps_per_epoch: int, base: Schedule = Schedule(
     )
 
 
-def train_options(optimizer: str, params: dict, steps_per_epoch: int) -> dict:
+def train_options(optimizer: str, params: dict, steps_per_epoch: int, graft: str | None = "sgd") -> dict:
     """The :class:`~thor_planner.training.TrainConfig` keywords a trial's parameters set (the plan of
     ``thor`` is made separately, from ``loss_threshold``)."""
     options: dict = {"lr": params["lr"]}
     if optimizer in THOR_VARIANTS:
         options["schedule"] = schedule_from(params, steps_per_epoch)
+        if graft != "sgd":
+            options["graft"] = graft
     elif optimizer == "sgd":
         options["momentum"] = params["momentum"]
     elif optimizer in ("adamw", "lamb"):

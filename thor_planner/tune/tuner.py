@@ -50,7 +50,8 @@ class TuneInterrupted(KeyboardInterrupt):
 
 @dataclass(frozen=True, kw_only=True)
 class TuneConfig:
-    """What to tune and where the study lives. ``study=None``: ``<model>-<data>-<optimizer>``."""
+    """What to tune and where the study lives. ``study=None``: ``<model>-<data>-<optimizer>``
+    (``-adamw`` appended with ``graft="adamw"``)."""
 
     model: str = "cnn"
     data: str = "digits"
@@ -66,6 +67,8 @@ class TuneConfig:
     batch_size: int = 32
     eval_every: int | None = None
     pruner: str = "median"
+    #: THOR variants: ``"sgd"`` or ``"adamw"`` (THOR as a drop-in for AdamW; AdamW's lr range)
+    graft: str = "sgd"
 
     def __post_init__(self) -> None:
         for what, value, options in (("model", self.model, MODELS), ("data", self.data, DATA),
@@ -86,12 +89,18 @@ class TuneConfig:
                 raise TuneError(f"Invalid {what}={getattr(self, what)}: must be >= 1")
         if self.eval_every is not None and self.eval_every < 1:
             raise TuneError(f"Invalid eval_every={self.eval_every}: must be >= 1 (or None: each epoch)")
+        if self.graft not in ("sgd", "adamw"):
+            raise TuneError(f"Invalid graft={self.graft!r}: use sgd or adamw")
+        if self.graft != "sgd" and self.optimizer not in ("thor", "thor-128", "kfac"):
+            raise TuneError(f"Invalid graft={self.graft!r}: grafting applies only to thor, thor-128 and kfac, "
+                            f"not '{self.optimizer}'")
         if not self.storage:
             raise TuneError("Invalid storage='': pass an optuna RDB URL such as " + DEFAULT_STORAGE)
 
     @property
     def study_name(self) -> str:
-        return self.study or f"{self.model}-{self.data}-{self.optimizer}"
+        graft = "" if self.graft == "sgd" else f"-{self.graft}"
+        return self.study or f"{self.model}-{self.data}-{self.optimizer}{graft}"
 
     def objective_spec(self) -> dict:
         return {"model": self.model, "data": self.data, "epochs": self.epochs,
@@ -163,7 +172,7 @@ def run_tune(config: TuneConfig, progress: Progress = Progress()) -> TuneResult:
                 batch_size=config.batch_size, eval_every=config.eval_every,
                 target_accuracy=config.target_accuracy)  # refuses e.g. a model and data that do not fit
     study = open_study(storage_url=config.storage, name=config.study_name, optimizer=config.optimizer,
-                       space_signature=signature(config.optimizer, config.objective_spec()), seed=config.seed,
+                       space_signature=signature(config.optimizer, config.objective_spec(), config.graft), seed=config.seed,
                        pruner=config.pruner)
     measurements, rule, profiled = _profile(config, progress) if config.optimizer == "thor" else (None, None, False)
     steps_per_epoch = math.ceil(len(load_split(config.data)[1]) / config.batch_size)
@@ -171,8 +180,8 @@ def run_tune(config: TuneConfig, progress: Progress = Progress()) -> TuneResult:
 
     with tempfile.TemporaryDirectory(prefix="thor-plan-tune-") as tmp:
         def objective(trial) -> float:
-            params = suggest(trial, config.optimizer)
-            options = train_options(config.optimizer, params, steps_per_epoch)
+            params = suggest(trial, config.optimizer, config.graft)
+            options = train_options(config.optimizer, params, steps_per_epoch, config.graft)
             plan_path = None
             if measurements is not None:
                 plan = make_plan(measurements, RuleConfig(name=rule.name, loss_threshold=params["loss_threshold"],
