@@ -143,3 +143,39 @@ def test_bert_tiny_trains_on_text(monkeypatch: pytest.MonkeyPatch) -> None:
     assert last.test_loss < first.test_loss < math.log(VOCAB_SIZE) + 1
     masked = small[3] != IGNORE_INDEX
     assert 0 <= last.test_accuracy <= 1 and int(masked.sum()) > 0
+
+
+def small_text(monkeypatch: pytest.MonkeyPatch) -> tuple[torch.Tensor, ...]:
+    x_train, y_train, x_test, y_test = mlm_split("text", seq_len=16)
+    small = (x_train[:64], y_train[:64], x_test[:32], y_test[:32])
+    monkeypatch.setattr(text, "mlm_split", lambda data: small)
+    return small
+
+
+def test_thor_on_masked_lm_is_told_the_masked_token_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    from thor_planner.optim import THOR
+
+    small = small_text(monkeypatch)
+    seen, real_step = [], THOR.step
+
+    def step(self, closure=None, **kwargs):
+        seen.append(kwargs.get("loss_samples"))
+        return real_step(self, closure, **kwargs)
+
+    monkeypatch.setattr(THOR, "step", step)
+    torch.manual_seed(0)
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(0)).split(32)  # the loop's shuffle, seed 0
+    train(TrainConfig(model="bert-tiny", data="text", optimizer="thor-128", graft="adamw", lr=1e-3, epochs=1))
+    assert seen == [int((small[1][idx] != IGNORE_INDEX).sum()) for idx in order]
+    assert all(0 < n < 32 * 16 for n in seen)
+
+
+def test_tune_runs_on_bert_tiny(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    pytest.importorskip("optuna")
+    from thor_planner.tune import TuneConfig, run_tune
+
+    small_text(monkeypatch)
+    result = run_tune(TuneConfig(model="bert-tiny", data="text", optimizer="thor-128", graft="adamw", epochs=1,
+                                 target_accuracy=1e-6, trials=1, storage=f"sqlite:///{tmp_path / 't.db'}",
+                                 pruner="none"))
+    assert result.best.user_attrs["stopped"] == "target" and 1e-4 <= result.best.params["lr"] <= 0.1
