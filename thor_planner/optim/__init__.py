@@ -1,6 +1,7 @@
 """The THOR runtime: the optimizer (``thor``), its packed block factors (``blocks``), the trace rule
 and batched refresh of inverses (``trace``, ``refresh``), the preconditioned and grafted directions
-(``precondition``), the foreach SGD update (``update``), skipped-step accounting (``skips``), sharing factors and
+(``precondition``), the foreach SGD / AdamW update (``update``), constructor checks (``arguments``),
+skipped-step accounting (``skips``), sharing factors and
 inverses across ``torch.distributed`` ranks (``distributed``) and the mL-BFGS and LAMB baselines
 (``mlbfgs``, ``lamb``).
 

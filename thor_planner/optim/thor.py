@@ -19,8 +19,8 @@ One call of :meth:`THOR.step` (step ``t`` counts the calls, from 0):
    batched inversion of :mod:`.refresh`.
 4. Direction (:mod:`.precondition`): ``V = G⁻¹ ∇W A⁻¹`` for every preconditioned layer, grafted to
    the SGD direction's norm (``graft="sgd"``, default) and optionally KL-clipped; then weight decay,
-   momentum and the step exactly as ``torch.optim.SGD`` (dampening 0; :mod:`.update`). Every other
-   parameter gets plain SGD with momentum.
+   momentum and the step exactly as ``torch.optim.SGD`` (dampening 0; :mod:`.update`); every other
+   parameter gets SGD. ``graft="adamw"``: ∇W is Adam's m̂, the norm AdamW's, the rest AdamW.
 5. The collector is switched on when step ``t + 1`` is a factor step.
 
 Weight decay is added *after* preconditioning, as MindSpore's THOR (``apply_decay`` on the

@@ -1,6 +1,8 @@
 """The first-order part of a THOR step: weight decay, momentum and the parameter update, exactly as
-``torch.optim.SGD`` (dampening 0) computes them, with ``torch._foreach_*`` ops (a handful of
-kernel launches per param group instead of several per parameter).
+``torch.optim.SGD`` (dampening 0) computes them (:func:`sgd_update`), or Adam's moments and AdamW's
+decoupled step (:func:`adam_moments`, :func:`adamw_update`, for ``graft="adamw"``), with
+``torch._foreach_*`` ops (a handful of kernel launches per param group instead of several per
+parameter).
 
 ``ok`` (optional, a 0-dim bool tensor on the parameters' device) makes the step conditional
 without reading it on the host: when it is false, parameters and momentum buffers are left exactly
