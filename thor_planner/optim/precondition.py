@@ -39,7 +39,7 @@ def layer_gradient(layer: Layer, dtype: torch.dtype, of: Mapping | None = None) 
     w, b = layer.weight, layer.bias
     grad = (w.grad if of is None else of[w]).reshape(w.shape[0], -1)
     if b is not None:
-        bias_grad = (b.grad if of is None else of.get(b)) if b.grad is not None else None
+        bias_grad = b.grad if of is None else of.get(b)
         bias_grad = bias_grad if bias_grad is not None else torch.zeros_like(b)
         grad = torch.cat([grad, bias_grad.reshape(-1, 1)], dim=1)
     return grad.to(dtype)

@@ -316,8 +316,8 @@ class THOR(torch.optim.Optimizer):
         adam = self.graft == "adamw"
         source, reference = {}, {}  # AdamW: the filtered gradients and AdamW's directions
         for group in self.param_groups if adam else ():
-            m_hat, adam_dir = adam_moments(group, self.state, ok)
-            source.update(m_hat), reference.update(adam_dir)
+            for into, part in zip((source, reference), adam_moments(group, self.state, ok)):
+                into.update(part)
         if self._layers:
             precond = directions(self._layers, self._dtype, lr_of, graft=self.graft, kl_clip=self.kl_clip,
                                  **({"source": source, "reference": reference} if adam else {}))
