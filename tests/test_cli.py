@@ -13,8 +13,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import cli.console
-from cli.app import app
+import thor_planner.cli.console
+from thor_planner.cli.app import app
 from thor_planner import __version__
 from thor_planner.inversion.backends import BACKENDS
 from thor_planner.planning.measurements import Measurements
@@ -270,7 +270,7 @@ def test_profile_output_folder_refuses_files(tiny_profile: list[str], tmp_path: 
 
 def test_long_error_stays_on_one_line(tiny_profile: list[str], tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli.console.err_console, "_width", 40)  # a narrow terminal
+    monkeypatch.setattr(thor_planner.cli.console.err_console, "_width", 40)  # a narrow terminal
     out = tmp_path / ("deep-folder-name-" * 4) / "file.txt"
     out.parent.mkdir()
     out.write_text("")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.app import app
+from thor_planner.cli.app import app
 from thor_planner.timing.costmodel import (
     CellFit, CostModel, GroupingCost, fit_linear, grouping_features, nonnegative_lstsq,
 )

@@ -292,7 +292,7 @@ def test_profile_records_interval_busy_and_damping(profiled_dir: Path) -> None:
 def test_readme_lists_every_profile_option() -> None:
     import typer.main
 
-    from cli.app import app
+    from thor_planner.cli.app import app
 
     command = typer.main.get_command(app).commands["profile"]
     options = {name for param in command.params if getattr(param, "param_type_name", "") == "option"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
+from thor_planner.cli.app import app
 from thor_planner.capture.collector import layer_specs
 from thor_planner.planning.plan import Crossover, LayerPlan, Plan, Schedule
 from thor_planner.utils.progress import Progress

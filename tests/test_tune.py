@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
+from thor_planner.cli.app import app
 from thor_planner.capture.collector import layer_specs
 from thor_planner.optim import THOR
 from thor_planner.planning.measurements import Measurements

@@ -1,1 +1,0 @@
-"""The ``thor-plan`` command line."""
