@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import machine_line, write_json, write_section  # noqa: E402
 
-from thor_planner.optim.skips import DivergedError  # noqa: E402
+from thor_planner.optim.guard import DivergedError  # noqa: E402
 from thor_planner.planning.planner import Rule, RuleConfig, make_plan  # noqa: E402
 from thor_planner.profiling.profiler import ProfileConfig, run_profile  # noqa: E402
 from thor_planner.timing.candidates import TimingConfig  # noqa: E402

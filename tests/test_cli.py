@@ -369,7 +369,7 @@ def test_plan_from_losses_without_g_rows(profile_copy: Path) -> None:
     losses[losses["factor"] == "a"].to_csv(path, index=False)
     before = snapshot(profile_copy)
     assert_fails(invoke("plan", "--from", profile_copy),
-                 f"'{path}' needs one 'a' and one 'g' row per layer, kind conv2d or linear and integer dims >= 1: "
+                 f"'{path}' needs one 'a' and one 'g' row per layer, a registered kind (conv2d, linear) and integer dims >= 1: "
                  "re-create it with 'thor-plan profile'")
     assert snapshot(profile_copy) == before
 

@@ -15,7 +15,7 @@ from torch import nn
 from thor_planner import THOR
 from thor_planner.capture.collector import FactorCollector, find_layers
 from thor_planner.capture.layers import conv_patches
-from thor_planner.optim.skips import DivergedError
+from thor_planner.optim.guard import DivergedError
 from thor_planner.planning.plan import Schedule
 
 EVERY_STEP = Schedule(damping_init=0.03, damping_decay=1.0, factor_every=1, factor_decay=0.0,
@@ -252,7 +252,7 @@ def test_bf16_autocast_trains_with_float32_factors() -> None:
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert all(l.a.dtype == torch.float32 and l.g.dtype == torch.float32 for l in opt._layers)
+    assert all(l.factors.a.dtype == torch.float32 and l.factors.g.dtype == torch.float32 for l in opt._layers)
     assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in model.parameters())
     assert opt.stats()["skipped_steps"] == 0 and losses[-1] < losses[0] * 0.85
 
@@ -271,7 +271,7 @@ def test_bf16_parameters_get_bf16_updates_and_channels_last_matches() -> None:
     opt = THOR(half, split=4, schedule=EVERY_STEP, lr=0.05)
     run(half, opt, [(x.bfloat16(), y) for x, y in batches])
     assert all(p.dtype == torch.bfloat16 and torch.isfinite(p).all() for p in half.parameters())
-    assert opt._layers[0].a.dtype == torch.float32
+    assert opt._layers[0].factors.a.dtype == torch.float32
 
 
 def test_sgd_settings_train_a_cnn_on_digits() -> None:
@@ -378,3 +378,42 @@ def test_a_tied_output_projection_gets_sgd_without_a_plan() -> None:
     model.head.weight = model.embed.weight  # tied, as BERT's decoder
     opt = THOR(model, split=4, lr=0.1)
     assert "head" not in opt.stats()["layers"] and "up" in opt.stats()["layers"]
+
+
+def test_reading_stats_or_state_never_hides_a_divergence_on_the_device_path() -> None:
+    """NaN gradients at steps 1-3 (decided on the device), max_skipped_steps=2: the next step that
+    synchronises (step 4) warns and raises, however often stats() and state_dict() read the counts."""
+    torch.manual_seed(4)
+    model = ConvNet()
+    opt = THOR(model, split=4, schedule=SPARSE, lr=0.05, max_skipped_steps=2)
+    opt._sync_free = True
+    batches = data(6, seed=4)
+    run(model, opt, batches[:1])  # step 0: captures and checks on the host
+    for step in (1, 2, 3):
+        nan_steps(model, opt, 1, *batches[step])
+        assert opt.stats()["skipped_steps"] == step  # the device counters are read and folded ...
+        opt.state_dict()
+    assert opt.stats()["consecutive_skips"] == 3
+    with pytest.warns(RuntimeWarning) as caught, pytest.raises(DivergedError) as err:
+        run(model, opt, batches[4:5])  # ... but still reported at step 4
+    assert [str(w.message) for w in caught] == [
+        "THOR: 3 of steps 1-3 skipped: gradients contain NaN or Inf (3 in a row now, 3 in all)"]
+    assert str(err.value).startswith("THOR: 3 consecutive steps had NaN or Inf gradients (before step 4): "
+                                     "training has diverged.")
+
+
+def test_a_good_device_step_between_skips_resets_the_run() -> None:
+    torch.manual_seed(4)
+    model = ConvNet()
+    opt = THOR(model, split=4, schedule=SPARSE, lr=0.05, max_skipped_steps=2)
+    opt._sync_free = True
+    batches = data(6, seed=4)
+    run(model, opt, batches[:1])
+    nan_steps(model, opt, 1, *batches[1])
+    opt.stats()
+    run(model, opt, batches[2:3])
+    nan_steps(model, opt, 1, *batches[3])
+    with pytest.warns(RuntimeWarning) as caught:
+        run(model, opt, batches[4:5])  # two skips, never two in a row: a warning, no error
+    assert [str(w.message) for w in caught] == [
+        "THOR: 2 of steps 1-3 skipped: gradients contain NaN or Inf (1 in a row now, 2 in all)"]

@@ -216,7 +216,7 @@ BAD_PLANS = [
     (_set("layers.3.g_split", 1.5), "Invalid plan field layers[3].g_split=1.5: must be an integer >= 1"),
     (_set("layers.0.a_dim", True), "Invalid plan field layers[0].a_dim=true: must be an integer >= 1"),
     (_set("layers.0.kind", "conv3d"),
-     "Invalid plan field layers[0].kind=\"conv3d\": must be 'conv2d' or 'linear'"),
+     "Invalid plan field layers[0].kind=\"conv3d\": must be a registered layer kind ('conv2d', 'linear')"),
     (_set("layers.0.kind", 3), "Invalid plan field layers[0].kind=3: must be a string"),
     (_set("layers.0.name", None), "Invalid plan field layers[0].name=null: must be a string"),
     (_omega, "Invalid plan field layers[0].omega2=0.5: must be a number in [0, 0.01]"),

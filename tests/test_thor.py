@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import re
 import warnings
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import thor_planner.optim.refresh as refresh_module
+import thor_planner.optim.preconditioner.inverse as inverse_module
 from thor_planner import THOR, Plan
 from thor_planner.capture.collector import layer_specs
 from thor_planner.partition import partition
@@ -81,6 +82,8 @@ def block_mask(dim: int, split: int | None, dtype) -> torch.Tensor:
 
 def reference_kfac(model, data, *, lr, momentum, wd, damping, split=None, kl_clip=None, layers=LAYERS,
                    graft=None):
+    """(``wd`` may be a function of the parameter: per-group weight decay.)"""
+    wd_of = wd if callable(wd) else (lambda p: wd)
     """K-FAC with momentum SGD written plainly: A, G from unfold and outer products, dense inverses;
     ``graft="sgd"``: each layer's direction rescaled to its gradient's Frobenius norm;
     ``graft="adamw"``: Adam's bias-corrected first moment m̂ (betas 0.9, 0.999, eps 1e-8) is
@@ -141,11 +144,11 @@ def reference_kfac(model, data, *, lr, momentum, wd, damping, split=None, kl_cli
         with torch.no_grad():
             for p in model.parameters():
                 if graft == "adamw":
-                    p.mul_(1 - lr * wd)
+                    p.mul_(1 - lr * wd_of(p))
                     p -= lr * (direction[p] * nu if p in direction else adam[p])
                     continue
                 d = direction[p] * nu if p in direction else p.grad
-                d = d + wd * p
+                d = d + wd_of(p) * p
                 bufs[p] = d.clone() if p not in bufs else bufs[p] * momentum + d
                 p -= lr * bufs[p]
 
@@ -228,13 +231,13 @@ def test_without_preconditioning_adamw_graft_equals_adamw(wd) -> None:
 def test_trace_rule_per_layer_and_only_updated_layers_inverted(monkeypatch) -> None:
     """lr = 0 and one batch repeated: factors repeat exactly until the input is scaled by 3."""
     calls = []
-    real = refresh_module.invert_groups
+    real = inverse_module.invert_groups
 
     def spy(groups, damping, backends, **kw):
         calls.append(sum(n * size for size, n in ((s, st.shape[0]) for s, st in groups.stacks.items())))
         return real(groups, damping, backends, **kw)
 
-    monkeypatch.setattr(refresh_module, "invert_groups", spy)
+    monkeypatch.setattr(inverse_module, "invert_groups", spy)
     torch.manual_seed(3)
     model = Net()
     plan = make_plan(model, omegas={"conv1": (0.01, 0.0), "conv2": (0.01, 0.001), "fc": (0.0, 0.0)})
@@ -317,8 +320,8 @@ def test_nan_step_is_skipped_and_touches_nothing() -> None:
     assert all(torch.equal(before["state"][i]["momentum_buffer"], s["momentum_buffer"])
                for i, s in after["state"].items())
     for name in LAYERS:
-        assert torch.equal(before["thor"]["layers"][name]["a"], after["thor"]["layers"][name]["a"])
-        assert torch.equal(before["thor"]["layers"][name]["g"], after["thor"]["layers"][name]["g"])
+        assert torch.equal(before["thor"]["layers"][name]["factors"]["a"], after["thor"]["layers"][name]["factors"]["a"])
+        assert torch.equal(before["thor"]["layers"][name]["factors"]["g"], after["thor"]["layers"][name]["factors"]["g"])
     assert opt.stats()["skipped_steps"] == 1 and opt.stats()["step"] == 2
     # the rest of training is the same as if the bad iteration never happened
     train(model, opt, data[3:])
@@ -392,14 +395,20 @@ def test_mismatched_plan_is_refused_with_the_list_of_mismatches() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"lr": -1.0}, "Invalid lr=-1.0: must be >= 0"),
+        ({"lr": -1.0}, "Invalid lr=-1.0: must be a finite number >= 0"),
+        ({"lr": "0.1"}, "Invalid lr=0.1: must be a finite number >= 0"),
+        ({"lr": 0.1, "momentum": 2.0}, "Invalid momentum=2.0: must be in [0, 1) (SGD's momentum; 0.9 is usual)"),
+        ({"lr": 0.1, "eps": -1e-8}, "Invalid eps=-1e-08: must be a finite number >= 0"),
+        ({"lr": 0.1, "weight_decay": float("nan")}, "Invalid weight_decay=nan: must be a finite number >= 0"),
+        ({"lr": 0.1, "max_skipped_steps": 0}, "Invalid max_skipped_steps=0: must be an integer >= 1 (or None)"),
         ({"lr": 0.1, "momentum": 0.0, "nesterov": True},
          "Invalid nesterov=True: Nesterov momentum requires momentum > 0"),
         ({"lr": 0.1, "kl_clip": 0.0}, "Invalid kl_clip=0.0: must be > 0 (or None to disable)"),
         ({"lr": 0.1, "graft": "adam"}, "Invalid graft='adam': use 'sgd', 'adamw' or None"),
-        ({"lr": 0.1, "betas": (0.9, 1.0)}, "Invalid betas=(0.9, 1.0) or eps=1e-08: betas in [0, 1), eps >= 0"),
+        ({"lr": 0.1, "betas": (0.9, 1.0)}, "Invalid betas=(0.9, 1.0): must be two numbers in [0, 1), e.g. (0.9, 0.999)"),
+        ({"lr": 0.1, "betas": 0.9}, "Invalid betas=0.9: must be two numbers in [0, 1), e.g. (0.9, 0.999)"),
         ({"lr": 0.1, "graft": "adamw", "nesterov": True},
-         "Invalid nesterov=True with graft='adamw': AdamW's momentum is betas[0]"),
+         "Invalid nesterov=True: with graft='adamw' the momentum is betas[0]; use nesterov=False"),
         ({"lr": 0.1, "split": 0},
          "Invalid split=0: pass an integer >= 1 and no plan (a plan carries its own splits)"),
     ],
@@ -432,8 +441,10 @@ def test_state_dict_has_no_inverses_and_loads_through_the_standard_api() -> None
     train(model, opt, batches(2))
     sd = opt.state_dict()
     assert set(sd) == {"state", "param_groups", "thor"}
-    assert set(sd["thor"]["layers"]["fc"]) == {"a_split", "g_split", "trace", "a", "g", "a_blocks",
-                                               "g_blocks", "inv_step", "inv_shift"}
+    assert set(sd["thor"]["layers"]["fc"]) == {"a_split", "g_split", "a_dim", "g_dim", "trace", "factors",
+                                               "source", "preconditioner"}
+    assert set(sd["thor"]["layers"]["fc"]["source"]) == {"a", "g", "step", "shift"}  # blocks, not inverses
+    assert sd["thor"]["layers"]["fc"]["preconditioner"] == {"family": "inverse", "version": 1}
     other = THOR(Net(), make_plan(model, 8), lr=0.1)
     with pytest.raises(ValueError, match="THOR state does not match this optimizer's layers and splits"):
         other.load_state_dict(sd)
@@ -441,3 +452,111 @@ def test_state_dict_has_no_inverses_and_loads_through_the_standard_api() -> None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         THOR(Net(), make_plan(model, 4), lr=0.1).load_state_dict(sgd_state)  # plain SGD state loads too
+
+
+# -- param groups, plan paths, other models' state ------------------------------------------------
+
+def no_decay_groups(model: nn.Module, wd: float) -> list[dict]:
+    """AdamW's usual recipe: weight decay on the weight matrices and kernels, none on biases and norms."""
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    rest = [p for p in model.parameters() if p.dim() <= 1]
+    return [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}]
+
+
+@pytest.mark.parametrize("graft", ["sgd", "adamw"])
+def test_a_no_decay_param_group_equals_plain_kfac_with_per_parameter_decay(graft) -> None:
+    torch.manual_seed(0)
+    model = Net().double()
+    ref = copy.deepcopy(model)
+    data = batches(3, torch.float64)
+    lr = 0.1 if graft == "sgd" else 1e-3
+    opt = THOR(model, make_plan(model, 4), params=no_decay_groups(model, 0.05), lr=lr, momentum=0.9,
+               graft=graft)
+    train(model, opt, data)
+    reference_kfac(ref, data, lr=lr, momentum=0.9, wd=lambda p: 0.05 if p.dim() > 1 else 0.0, damping=0.03,
+                   split=4, graft=graft)
+    assert_params(model, ref)
+
+
+def test_param_groups_without_preconditioning_equal_torch_adamw_and_sgd() -> None:
+    torch.manual_seed(1)
+    model = Net()
+    data = batches(4)
+    for graft, reference in (("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)):
+        mine, ref = copy.deepcopy(model), copy.deepcopy(model)
+        groups = no_decay_groups(mine, 0.1)
+        groups[1]["lr"] = 3e-3
+        ref_groups = no_decay_groups(ref, 0.1)
+        ref_groups[1]["lr"] = 3e-3
+        train(mine, THOR(mine, make_plan(mine, 4), params=groups, lr=1e-3, graft=graft, precondition=False), data)
+        extra = {"momentum": 0.9} if graft == "sgd" else {}
+        train(ref, reference(ref_groups, lr=1e-3, **extra), data)
+        assert_params(mine, ref, rtol=1e-6)
+
+
+def test_a_group_with_lr_zero_stays_put_and_a_bad_group_value_is_refused() -> None:
+    torch.manual_seed(2)
+    model = Net()
+    frozen = [model.conv1.weight, model.bn.weight, model.bn.bias]
+    before = [p.detach().clone() for p in frozen]
+    others = [p for p in model.parameters() if all(p is not q for q in frozen)]
+    opt = THOR(model, make_plan(model, 4), params=[{"params": frozen, "lr": 0.0}, {"params": others}], lr=0.1)
+    train(model, opt, batches(3))
+    assert all(torch.equal(p, q) for p, q in zip(frozen, before))
+    assert not torch.equal(model.fc.weight, Net().fc.weight)
+    with pytest.raises(ValueError) as err:
+        THOR(Net(), params=[{"params": list(Net().parameters()), "momentum": 1.5}], lr=0.1)
+    assert str(err.value) == "Invalid momentum=1.5: must be in [0, 1) (SGD's momentum; 0.9 is usual)"
+
+
+def test_a_plan_path_is_loaded_and_other_objects_are_refused(tmp_path) -> None:
+    model = Net()
+    make_plan(model, 4).save(tmp_path / "plan.json")
+    opt = THOR(model, str(tmp_path / "plan.json"), lr=0.1)
+    assert {n: s["updates"] for n, s in opt.stats()["layers"].items()} == {"conv1": 0, "conv2": 0, "fc": 0}
+    with pytest.raises(ValueError) as err:
+        THOR(model, {"layers": []}, lr=0.1)
+    assert str(err.value) == ("Invalid plan=dict: pass a Plan (Plan.load('plan.json')), a plan file's path or None")
+
+
+def test_a_model_with_nothing_to_precondition_says_so() -> None:
+    with pytest.warns(UserWarning) as caught:
+        THOR(nn.Sequential(nn.BatchNorm1d(3)), lr=0.1)
+    assert [str(w.message) for w in caught] == [
+        "THOR: the model has no layer to precondition (no Conv2d, Linear or registered layer type): every "
+        "parameter gets the first-order update"]
+
+
+def test_another_models_state_is_refused_at_load() -> None:
+    model = Net()
+    opt = THOR(model, make_plan(model, 4), lr=0.1)
+    train(model, opt, batches(2))
+    other = Net(width=5)
+    with pytest.raises(ValueError) as err:
+        THOR(other, split=4, lr=0.1).load_state_dict(opt.state_dict())
+    assert str(err.value) == ("THOR state was saved for another model: parameter 3 (conv2.weight) has shape "
+                              "(6, 4, 3, 3) in the state but (5, 4, 3, 3) here; load the state saved by this "
+                              "model's optimizer")
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train(model, sgd, batches(1))
+    with pytest.raises(ValueError, match=re.escape("parameter 3 (conv2.weight) has shape")):  # no "thor" section: the moments tell
+        THOR(other, split=4, lr=0.1).load_state_dict(sgd.state_dict())
+
+
+def test_a_version_1_checkpoint_resumes_bitwise() -> None:
+    """``tests/data/thor_v1_checkpoint.pt``: 5 steps of ``_resume_setup`` saved by the code before
+    checkpoints had a version (per layer ``a``, ``a_blocks``, ``inv_step``, …)."""
+    from pathlib import Path
+
+    ckpt = torch.load(Path(__file__).parent / "data" / "thor_v1_checkpoint.pt")
+    assert "version" not in ckpt["opt"]["thor"] and "a_blocks" in ckpt["opt"]["thor"]["layers"]["fc"]
+    data = batches(12, seed=4)
+    model, make = _resume_setup()
+    model.load_state_dict(ckpt["start"])
+    train(model, make(model), data)
+    resumed, _ = _resume_setup()
+    resumed.load_state_dict(ckpt["model"])
+    opt = make(resumed)
+    opt.load_state_dict(ckpt["opt"])
+    train(resumed, opt, data[5:])
+    assert_params(model, resumed, exact=True)

@@ -93,7 +93,7 @@ class FactorCollector:
 
     def _gram(self, name: str, which: str, rows: torch.Tensor) -> torch.Tensor:
         """``rowsᵀ rows`` for factor ``which`` ("a" or "g") of layer ``name`` (THOR's runtime keeps
-        only the diagonal blocks: :class:`thor_planner.optim.blocks.BlockFactorCollector`)."""
+        only the diagonal blocks: :class:`thor_planner.optim.factors.BlockFactorCollector`)."""
         return rows.T @ rows
 
     @staticmethod

@@ -1,8 +1,12 @@
 """The layer types THOR preconditions, one small class each: the shapes of A and G, the rows of A a
 forward input gives, the rows of G an output gradient gives, and how many samples a call holds.
 
-A layer type is a :class:`LayerType`: supporting a new one (say a 1-D convolution) means one more
-subclass in :data:`LAYER_TYPES`; the collector, the profiler and the runtime use only this interface.
+A layer type is a :class:`LayerType`: supporting a new one (say a 1-D convolution) means one
+subclass and one :func:`register_layer_type` call, from inside the package or outside it; the
+collector, the profiler, the plan's validation and the runtime use only this interface and the
+registry :data:`LAYER_TYPES`. A type also owns the mapping between its weight's gradient and the
+``(g_dim, a_dim)`` matrix that ``G⁻¹ · ∇W · A⁻¹`` works on (:meth:`LayerType.matrix`,
+:meth:`LayerType.unmatrix`): out-first weights (``(out, in, …)``) reshape, others override both.
 
 Samples, and with them the scale of G (see :mod:`thor_planner.capture.collector`):
 
@@ -28,7 +32,7 @@ class LayerSpec:
     """A preconditionable layer: its name, kind and factor dimensions."""
 
     name: str
-    kind: str  # "conv2d" | "linear"
+    kind: str  # a key of LAYER_TYPES: "conv2d", "linear", or a registered type
     a_dim: int
     g_dim: int
     has_bias: bool
@@ -59,6 +63,15 @@ class LayerType:
     def samples(self, module: nn.Module, output: torch.Tensor) -> int:
         """How many samples one call's output holds (the per-sample scale of a mean loss)."""
         raise NotImplementedError
+
+    def matrix(self, module: nn.Module, weight_like: torch.Tensor) -> torch.Tensor:
+        """A tensor shaped like the weight as the ``(g_dim, a_dim − bias)`` matrix whose rows G and
+        columns A precondition (out-first weights: a reshape)."""
+        return weight_like.reshape(weight_like.shape[0], -1)
+
+    def unmatrix(self, module: nn.Module, matrix: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`matrix`: a ``(g_dim, a_dim − bias)`` matrix shaped like the weight."""
+        return matrix.reshape(module.weight.shape)
 
 
 def conv_patches(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -126,15 +139,34 @@ class LinearType(LayerType):
         return output.numel() // output.shape[-1]
 
 
-LAYER_TYPES: tuple[LayerType, ...] = (Conv2dType(), LinearType())
+#: The registry of layer types by kind, in registration order.
+LAYER_TYPES: dict[str, LayerType] = {}
+
+
+def register_layer_type(kind: LayerType) -> LayerType:
+    """Add ``kind`` to :data:`LAYER_TYPES` (its ``kind`` name must be new); returns it."""
+    if not kind.kind or kind.kind in LAYER_TYPES:
+        raise ValueError(f"Invalid layer type kind={kind.kind!r}: must be a new, non-empty name "
+                         f"(registered: {', '.join(LAYER_TYPES)})")
+    LAYER_TYPES[kind.kind] = kind
+    return kind
+
+
+register_layer_type(Conv2dType())
+register_layer_type(LinearType())
+
+
+def layer_kinds() -> tuple[str, ...]:
+    """The registered kinds, in registration order (what a plan's ``kind`` may be)."""
+    return tuple(LAYER_TYPES)
 
 
 def layer_type(module: nn.Module) -> LayerType | None:
-    """The :class:`LayerType` of ``module`` (``None`` when THOR does not precondition its kind)."""
-    for t in LAYER_TYPES:
-        if type(module) is t.module_class or isinstance(module, t.module_class):
-            return t
-    return None
+    """The :class:`LayerType` of ``module`` (``None`` when THOR does not precondition its kind): the
+    type registered for its exact class, else the first whose class it derives from."""
+    types = list(LAYER_TYPES.values())
+    exact = [t for t in types if type(module) is t.module_class]
+    return next(iter(exact or [t for t in types if isinstance(module, t.module_class)]), None)
 
 
 def _spec(name: str, module: nn.Module, kind: LayerType) -> LayerSpec | str:

@@ -12,14 +12,10 @@ by the same ``rowsᵀ rows``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
 
 import torch
-from torch import nn
 
-from thor_planner.capture.collector import FactorCollector, LayerSpec
 from thor_planner.partition import BlockGroups, Partition, group_by_size
 
 
@@ -128,38 +124,3 @@ def right(x: torch.Tensor, blocks: list[torch.Tensor], part: Partition) -> torch
     if len(blocks) > 1:
         out[:, n * s :] = x[:, n * s :] @ blocks[1][0]
     return out
-
-
-@contextlib.contextmanager
-def _tf32(enabled: bool) -> Iterator[None]:
-    """TF32 products inside (CUDA float32 GEMMs only), the caller's setting restored after."""
-    if not enabled:
-        yield
-        return
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-class BlockFactorCollector(FactorCollector):
-    """:class:`~thor_planner.capture.FactorCollector` that accumulates packed diagonal blocks only.
-
-    On CUDA with ``tf32=True`` each Gram is one TF32 GEMM with the blocks taken out of it (relative
-    error about 4e-5 against float64 Grams of the same rows, measured on ResNet-50's factors); on
-    the CPU, or with ``tf32=False``, the packed blocks are computed in float32.
-    """
-
-    def __init__(self, model: nn.Module, specs: list[LayerSpec], parts: dict[str, tuple[Partition, Partition]],
-                 *, dtype=torch.float32, tf32: bool = True):
-        self.parts = parts
-        self.tf32 = tf32
-        super().__init__(model, specs, dtype=dtype)
-
-    def _gram(self, name: str, which: str, rows: torch.Tensor) -> torch.Tensor:
-        part = self.parts[name][0 if which == "a" else 1]
-        fast = self.tf32 and rows.is_cuda and rows.dtype == torch.float32
-        with _tf32(fast):
-            return packed_gram(rows, part, dense=fast)

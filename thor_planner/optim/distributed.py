@@ -10,9 +10,10 @@ DDP averages the gradients. THOR adds two collectives, both only where it alread
   equal local batches is the full batch's. A layer a rank did not reach counts only where it was.
 - **Check points**: the factors and hence the trace-rule decisions are identical on every rank.
   The layers to update are assigned to ranks by greedy LPT on their cost (:mod:`.assignment`);
-  each rank inverts its own layers (one batched call per block size) and broadcasts their inverse
-  blocks, one flat buffer per rank, so every rank holds every inverse and preconditions its own
-  gradients (identical on every rank). Broadcasting inverses rather than preconditioned gradients
+  each rank solves its own layers with the preconditioner family (one batched call per block
+  size) and broadcasts their solved blocks (inverses, eigenvectors: each the shape of its block),
+  one flat buffer per rank, so every rank holds every layer's preconditioner and preconditions its
+  own gradients (identical on every rank). Broadcasting inverses rather than preconditioned gradients
   costs ``Σ d·s`` numbers per check point instead of ``out·in`` per step: check points are tens to
   a thousand steps apart, so it is the cheaper choice at every cadence THOR uses (kfac-pytorch's
   "communication-optimal" mode makes the same trade when inverses are refreshed rarely).
@@ -26,15 +27,17 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from thor_planner.planning.assignment import assign_lpt, layer_cost
 from thor_planner.optim.blocks import packed_size, unpack
 from thor_planner.optim.layer import Layer
-from thor_planner.optim.refresh import InverseBlocks, invert
+from thor_planner.optim.preconditioner import Family
+from thor_planner.optim.refresh import SolvedBlocks, solve_here
+from thor_planner.planning.assignment import assign_lpt, layer_cost
+from thor_planner.utils.errors import UserError
 
 BUCKET_BYTES = 32 * 2**20
 
 
-class DistributedError(RuntimeError):
+class DistributedError(UserError, RuntimeError):
     """THOR cannot run on this process group as configured."""
 
 
@@ -60,9 +63,9 @@ def wanted(distributed: bool | None) -> bool:
 class RankGroup:
     """The ranks THOR shares factors and inverses with."""
 
-    def __init__(self, layers: list[Layer], device: torch.device, backends):
+    def __init__(self, layers: list[Layer], device: torch.device, family: Family):
         self.world, self.rank = dist.get_world_size(), dist.get_rank()
-        self.device, self.backends = device, backends
+        self.device, self.family = device, family
         mine = [(l.name, l.a_part.dim, l.g_part.dim, l.a_part.split, l.g_part.split) for l in layers]
         everyone: list = [None] * self.world
         dist.all_gather_object(everyone, {"layers": mine, "device": device.type})
@@ -104,34 +107,31 @@ class RankGroup:
                 offset += size
         return a_out, g_out
 
-    # -- inverses ----------------------------------------------------------------------------------
+    # -- solved blocks -----------------------------------------------------------------------------
 
-    def inverter(self, layers: list[Layer], shift: float) -> list[InverseBlocks]:
-        """Invert each rank's share of ``layers`` there and broadcast the inverse blocks."""
+    def solver(self, layers: list[Layer], factors: list[torch.Tensor], shift: float) -> list[SolvedBlocks]:
+        """Solve each rank's share of ``layers`` there and broadcast the solved blocks."""
         owner = assign_lpt([layer_cost(l.a_part, l.g_part) for l in layers], self.world)
-        mine = [l for l, r in zip(layers, owner) if r == self.rank]
-        own_inv: dict[str, InverseBlocks] = {}
-        if mine:
-            _, inv = invert(mine, [f for l in mine for f in (l.a, l.g)], shift, self.backends)
-            own_inv = {l.name: (inv.blocks_of(2 * i), inv.blocks_of(2 * i + 1)) for i, l in enumerate(mine)}
-        dtype = layers[0].a.dtype
-        received: dict[str, InverseBlocks] = {}
+        mine = [i for i, r in enumerate(owner) if r == self.rank]
+        own = dict(zip(mine, solve_here(self.family, [layers[i] for i in mine],
+                                        [f for i in mine for f in factors[2 * i: 2 * i + 2]], shift))) if mine else {}
+        dtype = factors[0].dtype
+        received: dict[int, SolvedBlocks] = {}
         for r in range(self.world):
-            theirs = [l for l, o in zip(layers, owner) if o == r]
+            theirs = [i for i, o in enumerate(owner) if o == r]
             if not theirs:
                 continue
-            sizes = [packed_size(p) for l in theirs for p in (l.a_part, l.g_part)]
             if r == self.rank:
-                flat = torch.cat([b.reshape(-1) for l in theirs for stacks in own_inv[l.name] for b in stacks])
+                flat = torch.cat([b.reshape(-1) for i in theirs for stacks in own[i] for b in stacks])
             else:
-                flat = torch.empty(sum(sizes), dtype=dtype, device=self.device)
+                size = sum(packed_size(p) for i in theirs for p in (layers[i].a_part, layers[i].g_part))
+                flat = torch.empty(size, dtype=dtype, device=self.device)
             dist.broadcast(flat, src=r)
             offset = 0
-            for l in theirs:
+            for i in theirs:
                 pair = []
-                for part in (l.a_part, l.g_part):
-                    size = packed_size(part)
-                    pair.append(unpack(flat[offset: offset + size], part))
-                    offset += size
-                received[l.name] = (pair[0], pair[1])
-        return [received[l.name] for l in layers]
+                for part in (layers[i].a_part, layers[i].g_part):
+                    pair.append(unpack(flat[offset: offset + packed_size(part)], part))
+                    offset += packed_size(part)
+                received[i] = (pair[0], pair[1])
+        return [received[i] for i in range(len(layers))]

@@ -1,12 +1,13 @@
-"""Refreshing THOR's inverses: the trace rule at a check point, one batched inversion per block
-size for the layers it sends to "update", and re-inverting saved blocks after a checkpoint load.
+"""Check points: the trace rule on every live layer, then one batched solve for the layers it sends
+to "update"; and rebuilding the solved blocks after a checkpoint load.
 
 At a check point every live layer with factors gets the trace rule (:mod:`.trace`) on its traces;
-the layers to update are inverted by an ``inverter``: here, all together, one
-:func:`~thor_planner.inversion.invert_groups` call per block size (:func:`local_inverter`); under
-``torch.distributed``, spread over the ranks (:mod:`.distributed`); with ``shift = sqrt(damping(t))`` added to every factor's diagonal (as MindSpore's
-THOR does); kept inverses keep the damping they were computed with. The undamped blocks each
-inversion used are kept so a checkpoint can rebuild the inverses without storing them.
+the layers to update are solved by a :data:`Solver`: here, all together, one call of the family's
+batched solve per block size (:func:`local_solver`); under ``torch.distributed``, spread over the
+ranks (:mod:`.distributed`). Every factor's diagonal gets ``shift = sqrt(damping(t))`` (as
+MindSpore's THOR does); kept preconditioners keep the shift they were solved with. The undamped
+blocks each refresh used are kept (:class:`~.layer.RefreshSource`) so a checkpoint can rebuild the
+solved blocks without storing them.
 """
 
 from __future__ import annotations
@@ -15,47 +16,36 @@ from collections.abc import Callable
 
 import torch
 
-from thor_planner.inversion.backends import invert_groups
-from thor_planner.optim.blocks import for_apply, group_packed, pack, packed_trace, unpack
-from thor_planner.optim.layer import Layer
+from thor_planner.optim.blocks import group_packed, unpack
+from thor_planner.optim.layer import Layer, RefreshSource
+from thor_planner.optim.preconditioner import Family
+from thor_planner.optim.preconditioner.base import Blocks
 from thor_planner.optim.trace import STOP, UPDATE
-from thor_planner.partition import BlockGroups
+
+SolvedBlocks = tuple[Blocks, Blocks]  # a layer's solved (A, G) stacks
+#: ``solver(layers, factors, shift)``: the solved blocks of each layer, from its packed ``factors``
+#: (A, G of each layer in turn).
+Solver = Callable[[list[Layer], list[torch.Tensor], float], list[SolvedBlocks]]
 
 
-def invert(layers: list[Layer], factors: list[torch.Tensor], shift: float,
-           backends) -> tuple[BlockGroups, BlockGroups]:
-    """Invert ``factors`` (A, G of each layer in turn), one call per block size: (blocks, inverses)."""
+def solve_here(family: Family, layers: list[Layer], factors: list[torch.Tensor], shift: float) -> list[SolvedBlocks]:
+    """Solve ``layers`` in this process: one batched call per block size for all of them."""
     parts = [p for l in layers for p in (l.a_part, l.g_part)]
-    groups = group_packed(factors, parts)
-    return groups, invert_groups(groups, shift, backends)
+    solved = family.solve(group_packed(factors, parts), shift)
+    return [(solved.blocks_of(2 * i), solved.blocks_of(2 * i + 1)) for i in range(len(layers))]
 
 
-InverseBlocks = tuple[list[torch.Tensor], list[torch.Tensor]]  # a layer's (A, G) inverse stacks
-Inverter = Callable[[list[Layer], float], list[InverseBlocks]]
+def local_solver(family: Family) -> Solver:
+    return lambda layers, factors, shift: solve_here(family, layers, factors, shift)
 
 
-def local_inverter(backends) -> Inverter:
-    """Invert every layer here: one batched call per block size for all of them."""
-    def inverter(layers: list[Layer], shift: float) -> list[InverseBlocks]:
-        _, inv = invert(layers, [f for l in layers for f in (l.a, l.g)], shift, backends)
-        return [(inv.blocks_of(2 * i), inv.blocks_of(2 * i + 1)) for i in range(len(layers))]
-    return inverter
-
-
-def set_inverses(layer: Layer, a_inv: list[torch.Tensor], g_inv: list[torch.Tensor]) -> None:
-    """A layer's inverses, held as :func:`.blocks.left` / ``right`` apply them."""
-    layer.a_inv = for_apply(a_inv, layer.a_part, other=layer.g_part.dim)
-    layer.g_inv = for_apply(g_inv, layer.g_part, other=layer.a_part.dim)
-
-
-def check_point(live: list[Layer], step: int, shift: float, inverter: Inverter) -> bool:
-    """The trace rule for every ``live`` layer with factors, then the inversion of those to update
-    (by ``inverter``); returns whether any layer was frozen ("stop")."""
-    ready = [l for l in live if l.a is not None]
+def check_point(live: list[Layer], step: int, shift: float, solver: Solver) -> bool:
+    """The trace rule for every ``live`` layer with factors, then the solve of those to update;
+    returns whether any layer was frozen ("stop")."""
+    ready = [l for l in live if l.factors.ready]
     if not ready:
         return False
-    traces = torch.stack([torch.stack([packed_trace(l.a, l.a_part), packed_trace(l.g, l.g_part)])
-                          for l in ready]).tolist()
+    traces = torch.stack([l.factors.traces(l.a_part, l.g_part) for l in ready]).tolist()
     todo, froze = [], False
     for layer, (ta, tg) in zip(ready, traces):
         decision = layer.trace.check(ta, tg, layer.a_part.dim, layer.g_part.dim, shift,
@@ -63,23 +53,23 @@ def check_point(live: list[Layer], step: int, shift: float, inverter: Inverter) 
         todo += [layer] if decision == UPDATE else []
         froze |= decision == STOP
     if todo:
-        for layer, (a_inv, g_inv) in zip(todo, inverter(todo, shift)):
-            layer.a_blocks = [b.clone() for b in unpack(layer.a, layer.a_part)]
-            layer.g_blocks = [b.clone() for b in unpack(layer.g, layer.g_part)]
-            set_inverses(layer, a_inv, g_inv)
-            layer.inv_step, layer.inv_shift = step, shift
+        factors = [f for l in todo for f in (l.factors.a, l.factors.g)]
+        for layer, (a_solved, g_solved) in zip(todo, solver(todo, factors, shift)):
+            layer.source = RefreshSource([b.clone() for b in unpack(layer.factors.a, layer.a_part)],
+                                         [b.clone() for b in unpack(layer.factors.g, layer.g_part)], step, shift)
+            layer.precond.install(a_solved, g_solved)
     return froze
 
 
-def replay_inverses(layers: list[Layer], backends) -> None:
-    """After loading: recompute every layer's inverses from the saved blocks, grouped as inverted."""
+def replay(layers: list[Layer], family: Family) -> None:
+    """After loading: re-solve every layer's saved source blocks, grouped by the check point that
+    solved them (so each batch is the one the uninterrupted run computed)."""
     by_step: dict[int, list[Layer]] = {}
     for layer in layers:
-        if layer.a_blocks is not None:
-            by_step.setdefault(layer.inv_step, []).append(layer)
+        if layer.source is not None:
+            by_step.setdefault(layer.source.step, []).append(layer)
     for step in sorted(by_step):
         group = by_step[step]
-        factors = [pack(blocks) for l in group for blocks in (l.a_blocks, l.g_blocks)]
-        _, inv = invert(group, factors, group[0].inv_shift, backends)
-        for i, layer in enumerate(group):
-            set_inverses(layer, inv.blocks_of(2 * i), inv.blocks_of(2 * i + 1))
+        factors = [f for l in group for f in l.source.packed()]
+        for layer, (a_solved, g_solved) in zip(group, solve_here(family, group, factors, group[0].source.shift)):
+            layer.precond.install(a_solved, g_solved, replay=True)

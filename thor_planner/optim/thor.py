@@ -1,63 +1,66 @@
-"""THOR: a ``torch.optim.Optimizer`` that preconditions Conv2d / Linear gradients with the
-block-diagonal inverses of their Kronecker factors, as a plan prescribes. A drop-in for
-``torch.optim.SGD``: the same learning rate, momentum and weight decay train.
+"""THOR: a ``torch.optim.Optimizer`` that preconditions Conv2d / Linear (and any registered layer
+type's) gradients with the diagonal blocks of their Kronecker factors, as a plan prescribes. A
+drop-in for ``torch.optim.SGD`` (or, with ``graft="adamw"``, ``torch.optim.AdamW``): the same
+learning rate, momentum or betas, weight decay and param groups train.
 
-One call of :meth:`THOR.step` (step ``t`` counts the calls, from 0):
+One call of :meth:`THOR.step` (step ``t`` counts the calls, from 0) runs five phases:
 
-1. Gradients with NaN/Inf skip the step: weights, momentum and factors stay as they were, the
-   statistics of that iteration are dropped, the skip is counted (``stats()``) and warned about at
-   the caller's line; ``max_skipped_steps`` consecutive skips raise :class:`DivergedError`. Where
-   the step neither captures nor checks, the skip is decided on the device without a host
-   synchronisation (CUDA), and its warning comes at the next factor step or check point.
-2. Factor step (``t % factor_every == 0``; the collector was active during this iteration's
-   forwards and backwards): fold the captured A and G into running averages
-   ``F ← d·F + (1−d)·F_new`` (``d = factor_decay``; the first capture initialises F). A capture with
-   NaN/Inf is dropped. Only the diagonal blocks at the layer's splits are ever computed and kept
-   (packed, see :mod:`.blocks`); they are float32 whatever the autocast dtype (float64 for float64
-   models).
-3. Check point (every ``schedule.interval(t)`` steps, the first at t = 0): the trace rule and the
-   batched inversion of :mod:`.refresh`.
-4. Direction (:mod:`.precondition`): ``V = G⁻¹ ∇W A⁻¹`` for every preconditioned layer, grafted to
-   the SGD direction's norm (``graft="sgd"``, default) and optionally KL-clipped; then weight decay,
-   momentum and the step exactly as ``torch.optim.SGD`` (dampening 0; :mod:`.update`); every other
-   parameter gets SGD. ``graft="adamw"``: ∇W is Adam's m̂, the norm AdamW's, the rest AdamW.
-5. The collector is switched on when step ``t + 1`` is a factor step.
+1. **Guard** (:mod:`.guard`): gradients with NaN/Inf skip the step: weights, moments and factors
+   stay as they were, the statistics of that iteration are dropped, the skip is counted
+   (``stats()``) and warned about at the caller's line; ``max_skipped_steps`` consecutive skips
+   raise :class:`DivergedError`. Where the step neither captures nor checks, the skip is decided on
+   the device without a host synchronisation (CUDA), and reported at the next step that synchronises.
+2. **Fold** (factor steps, ``t % factor_every == 0``; the collector was active during this
+   iteration's forwards and backwards): the captured A and G blocks join running averages
+   ``F ← d·F + (1−d)·F_new`` (:mod:`.factors`; averaged over ranks first under
+   ``torch.distributed``). A capture with NaN/Inf is dropped.
+3. **Refresh** (check points, every ``schedule.interval(t)`` steps, the first at t = 0): the trace
+   rule decides per layer, and the family solves the blocks of the layers to update in one batched
+   call per block size (:mod:`.refresh`, :mod:`.preconditioner`).
+4. **Direction** (:mod:`.direction`): the family's direction for every preconditioned layer (the
+   inverse family: ``V = G⁻¹ ∇W A⁻¹``), grafted to the first-order direction's norm and optionally
+   KL-clipped.
+5. **Update** (:mod:`.update`): weight decay, momentum and the step exactly as ``torch.optim.SGD``
+   (dampening 0), or AdamW's with ``graft="adamw"``; every other parameter gets plain SGD / AdamW.
 
 Weight decay is added *after* preconditioning, as MindSpore's THOR (``apply_decay`` on the
-preconditioned gradients), kfac-pytorch (the preconditioner rewrites ``.grad``, then SGD adds
-``wd·w``) and Martens & Grosse's K-FAC do: the factors approximate the curvature of the loss alone,
-so preconditioning ``wd·w`` with them would amplify the decay by up to ``1/damping`` in flat
-directions.
+preconditioned gradients), kfac-pytorch and Martens & Grosse's K-FAC do: the factors approximate
+the curvature of the loss alone, so preconditioning ``wd·w`` with them would amplify the decay by up
+to ``1/damping`` in flat directions.
 
-Checkpoints hold the running factors (packed diagonal blocks), the trace-rule state and, per
-layer, the diagonal blocks of the factors its current inverses were computed from (plus the step
-and damping of that inversion), never the inverses. Loading re-inverts those blocks, grouped by
-the check point that inverted them, so a resumed run is bitwise identical to an uninterrupted one
-wherever a block's inverse does not depend on the other blocks of its batch (true on CPU).
+Checkpoints (:mod:`.checkpoint`) hold the running factors, the trace-rule state and, per layer, the
+undamped blocks its preconditioner was solved from, never the solved blocks. Loading re-solves
+them, grouped by the check point that solved them, so a resumed run is bitwise identical to an
+uninterrupted one wherever a block's result does not depend on the other blocks of its batch (true
+on CPU).
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-from thor_planner.capture.collector import find_layers, layer_specs
+from thor_planner.capture.collector import find_layers, layer_specs, layer_type
 from thor_planner.capture.layers import tied_layers
 from thor_planner.inversion.backends import DEFAULT_BACKEND
-from thor_planner.optim.blocks import BlockFactorCollector
+from thor_planner.optim.checkpoint import (VERSION, check_same_family, check_same_layers, check_same_model,
+                                          param_shapes, upgrade)
+from thor_planner.optim.arguments import Graft, check_arguments, check_group
+from thor_planner.optim.direction import directions
 from thor_planner.optim.distributed import RankGroup, unwrap, wanted
+from thor_planner.optim.factors import BlockFactorCollector
+from thor_planner.optim.guard import DivergedError, SkipGuard
 from thor_planner.optim.layer import Layer, plan_backends
-from thor_planner.optim.arguments import check_arguments
-from thor_planner.optim.precondition import directions
-from thor_planner.optim.refresh import check_point, local_inverter, replay_inverses
-from thor_planner.optim.skips import DivergedError, SkipCounter
-from thor_planner.optim.trace import LayerTrace
+from thor_planner.optim.preconditioner import InverseFamily
+from thor_planner.optim.refresh import check_point, local_solver, replay
 from thor_planner.optim.update import adam_moments, adamw_update, sgd_update
 from thor_planner.partition import partition
 from thor_planner.planning.plan import Plan, Schedule
+from thor_planner.utils.errors import ConfigError
 
 __all__ = ["THOR", "DivergedError"]
 
@@ -66,18 +69,23 @@ class THOR(torch.optim.Optimizer):
     """THOR natural-gradient optimizer driven by a plan (see the module docstring for one step).
 
     Args:
-        model: the model; every parameter goes into one param group.
-        plan: a :class:`~thor_planner.planning.plan.Plan` for this model (refused when it does not
-            match). Without a plan every Conv2d/Linear layer is preconditioned, each factor split at
-            ``split`` (``None``: dense, unsplit K-FAC), with ``schedule`` or ``Schedule()``.
+        model: the model (may be wrapped in ``DistributedDataParallel``).
+        plan: a :class:`~thor_planner.planning.plan.Plan` for this model, or the path of a plan file
+            (refused when it does not match). Without a plan every Conv2d/Linear layer is
+            preconditioned, each factor split at ``split`` (``None``: dense, unsplit K-FAC), with
+            ``schedule`` or ``Schedule()``.
+        params: the parameters or param groups to optimize, as every ``torch.optim`` optimizer takes
+            them (per-group ``lr``, ``momentum``, ``weight_decay``, ``nesterov``, ``betas``, ``eps``);
+            default: every parameter of ``model`` in one group. Parameters outside every group are
+            not updated.
         lr, momentum, weight_decay, nesterov: as ``torch.optim.SGD`` (dampening 0).
         graft: ``"sgd"`` (default): each layer's natural-gradient direction takes the norm of its
             gradient, so SGD's settings carry over; ``"adamw"``: a drop-in for ``torch.optim.AdamW``
             (``lr``, ``betas``, ``eps``, decoupled ``weight_decay``; ``momentum`` unused): the
             Adam-filtered gradient is preconditioned and takes the norm of AdamW's direction, other
-            parameters get AdamW's update; ``None``: the raw natural gradient.
+            parameters get AdamW's update; ``None``: the raw natural gradient (:class:`Graft`).
         schedule: overrides the plan's schedule (per-layer ω1/ω2 still come from the plan).
-        precondition: ``False`` gives exactly ``torch.optim.SGD`` (no hooks).
+        precondition: ``False`` gives exactly ``torch.optim.SGD`` / ``AdamW`` (no hooks).
         kl_clip: K-FAC KL clipping bound (``None``: off), applied after grafting.
         grad_scaler: the ``torch.amp.GradScaler`` that scales the loss; needed because the G
             factor is captured from scaled gradients (divided by scale² here). Its ``step`` calls
@@ -87,67 +95,78 @@ class THOR(torch.optim.Optimizer):
         max_skipped_steps: consecutive NaN/Inf steps tolerated before :class:`DivergedError`
             (``None``: never raise).
         capture_tf32: on CUDA, compute each factor's Gram as one TF32 GEMM and take its blocks
-            (:class:`~thor_planner.optim.blocks.BlockFactorCollector`); ``False``: float32 products.
-        distributed: share factors and inverses across the ranks of ``torch.distributed``
+            (:class:`~thor_planner.optim.factors.BlockFactorCollector`); ``False``: float32 products.
+        distributed: share factors and solved blocks across the ranks of ``torch.distributed``
             (:mod:`.distributed`); ``None`` (default): when a process group of more than one rank is
-            initialized. The model may be wrapped in ``DistributedDataParallel``.
+            initialized.
     """
 
-    def __init__(self, model: nn.Module, plan: Plan | None = None, *, lr: float, momentum: float = 0.9,
-                 weight_decay: float = 0.0, nesterov: bool = False, split: int | None = None,
-                 graft: str | None = "sgd", schedule: Schedule | None = None, precondition: bool = True,
+    def __init__(self, model: nn.Module, plan: Plan | str | os.PathLike | None = None, *, params=None, lr: float,
+                 momentum: float = 0.9, weight_decay: float = 0.0, nesterov: bool = False, split: int | None = None,
+                 graft: str | Graft | None = "sgd", schedule: Schedule | None = None, precondition: bool = True,
                  kl_clip: float | None = None, grad_scaler=None, backends: str | Mapping[int, str] | None = None,
                  max_skipped_steps: int | None = 10, capture_tf32: bool = True, distributed: bool | None = None,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        check_arguments(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, kl_clip=kl_clip,
-                        split=split, planned=plan is not None, graft=graft, betas=betas, eps=eps,
-                        max_skipped_steps=max_skipped_steps)
+        if not isinstance(model, nn.Module):
+            raise ConfigError("model", type(model).__name__, "must be a torch.nn.Module")
+        plan = _as_plan(plan)
+        self.graft = Graft.parse(graft)
+        check_arguments(kl_clip=kl_clip, split=split, planned=plan is not None, max_skipped_steps=max_skipped_steps)
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "nesterov": nesterov,
-                    "betas": tuple(betas), "eps": eps}
-        super().__init__(list(model.parameters()), defaults)
-        model = unwrap(model)
+                    "betas": tuple(betas) if isinstance(betas, (list, tuple)) else betas, "eps": eps}
+        check_group(defaults, self.graft)
+        super().__init__(list(model.parameters()) if params is None else params, defaults)
+        self._model = model = unwrap(model)
+        self.kl_clip, self.grad_scaler, self.precondition = kl_clip, grad_scaler, precondition
+        self.capture_tf32 = capture_tf32
+        entries = self._entries(model, plan, split, schedule)
+        self.backends = backends if backends is not None else (
+            plan_backends(plan.device) if plan is not None else DEFAULT_BACKEND)
+        self.family = InverseFamily(self.backends)
+        self._layers = self._make_layers(model, entries) if precondition else []
+        double = any(layer.weight.dtype == torch.float64 for layer in self._layers)
+        self._dtype = torch.float64 if double else torch.float32  # factors and solved blocks
+        #: decide skips on the device (no host sync) on steps that neither capture nor check
+        self._sync_free = any(p.is_cuda for g in self.param_groups for p in g["params"])
+        self._step = self._next_check = 0
+        self._guard = SkipGuard(max_skipped_steps, self._hint)
+        self._replay = False
+        self._ranks = RankGroup(self._layers, self._layers[0].weight.device, self.family) \
+            if wanted(distributed) and self._layers else None
+        self._solver = self._ranks.solver if self._ranks is not None else local_solver(self.family)
+        self._collector: BlockFactorCollector | None = None
+        self._rebuild_collector()
 
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        check_group(self.param_groups[-1], self.graft)
+
+    # -- construction ------------------------------------------------------------------------------
+
+    def _entries(self, model: nn.Module, plan: Plan | None, split: int | None, schedule: Schedule | None) -> list:
+        """``(name, a_split, g_split, omega1, omega2)`` of every layer to precondition; sets the schedule."""
         if plan is not None:
             plan.check_model(model)
             self.schedule = schedule or plan.schedule
-            entries = [(lp.name, lp.a_split, lp.g_split, lp.omega1, lp.omega2) for lp in plan.layers]
-            backends = backends if backends is not None else plan_backends(plan.device)
-        else:
-            self.schedule = schedule or Schedule()
-            s = self.schedule
-            tied = tied_layers(model)  # e.g. an output projection tied to the embedding: SGD
-            entries = [(sp.name, split or sp.a_dim, split or sp.g_dim, s.omega1, s.omega2)
-                       for sp in find_layers(model)[0] if sp.name not in tied]
-        self.backends = backends if backends is not None else DEFAULT_BACKEND
-        self.graft, self.kl_clip, self.grad_scaler, self.precondition = graft, kl_clip, grad_scaler, precondition
-        self.capture_tf32 = capture_tf32
-        self._inverter = local_inverter(self.backends)
-        self._ranks: RankGroup | None = None
+            return [(lp.name, lp.a_split, lp.g_split, lp.omega1, lp.omega2) for lp in plan.layers]
+        self.schedule = s = schedule or Schedule()
+        tied = tied_layers(model)  # e.g. an output projection tied to the embedding: first-order update
+        return [(sp.name, split or sp.a_dim, split or sp.g_dim, s.omega1, s.omega2)
+                for sp in find_layers(model)[0] if sp.name not in tied]
+
+    def _make_layers(self, model: nn.Module, entries: list) -> list[Layer]:
         specs = {sp.name: sp for sp in layer_specs(model)}
         modules = dict(model.named_modules())
-        self._model = model
-        self._layers = [
-            Layer(name, modules[name].weight, modules[name].bias, partition(specs[name].a_dim, a_split),
-                  partition(specs[name].g_dim, g_split), o1, o2)
-            for name, a_split, g_split, o1, o2 in entries
-        ] if precondition else []
         self._specs = specs
-        double = any(layer.weight.dtype == torch.float64 for layer in self._layers)
-        self._dtype = torch.float64 if double else torch.float32  # factors and inverses
-        params = [p for g in self.param_groups for p in g["params"]]
-        #: decide skips on the device (no host sync) on steps that neither capture nor check
-        self._sync_free = any(p.is_cuda for p in params)
-        self._step = 0
-        self._next_check = 0
-        self._skips = SkipCounter(max_skipped_steps)
-        self._device_skips: torch.Tensor | None = None  # see _count_on_device
-        self._device_first = self._device_steps = 0  # the first step and the number of steps counted there
-        self._replay = False
-        if wanted(distributed) and self._layers:
-            self._ranks = RankGroup(self._layers, self._layers[0].weight.device, self.backends)
-            self._inverter = self._ranks.inverter
-        self._collector: BlockFactorCollector | None = None
-        self._rebuild_collector()
+        layers = []
+        for name, a_split, g_split, o1, o2 in entries:
+            a_part, g_part = partition(specs[name].a_dim, a_split), partition(specs[name].g_dim, g_split)
+            layers.append(Layer(name, modules[name], layer_type(modules[name]), a_part, g_part, o1, o2,
+                                self.family.layer(a_part, g_part)))
+        if not layers:
+            warnings.warn("THOR: the model has no layer to precondition (no Conv2d, Linear or registered layer "
+                          "type): every parameter gets the first-order update", UserWarning, stacklevel=3)
+        return layers
 
     # -- factors -----------------------------------------------------------------------------------
 
@@ -168,99 +187,95 @@ class THOR(torch.optim.Optimizer):
         if self._collector is not None:
             self._collector.active = self._step % self.schedule.factor_every == 0
 
-    def _fold_factors(self, loss_samples) -> None:
+    def _capturing(self) -> bool:
+        return self._collector is not None and self._collector.active
+
+    def _new_factors(self, loss_samples) -> tuple[dict, dict]:
+        """This iteration's A and G per layer: G rescaled for ``loss_samples`` and the GradScaler,
+        averaged over ranks."""
         a_new, g_new = self._collector.factors()
         if loss_samples is not None:  # G was scaled for a loss averaged over N rows: rescale to M
             seen = self._collector.samples()
             g_new = {n: g * (loss_samples / seen[n]) for n, g in g_new.items()}
         if self._ranks is not None:
             a_new, g_new = self._ranks.average_factors(self._live(), a_new, g_new, self._dtype)
-        live = [l for l in self._live() if l.name in a_new and l.name in g_new]
-        if not live:
-            return
-        g_scale = 1.0
         if self.grad_scaler is not None and self.grad_scaler.is_enabled():
-            g_scale = 1.0 / float(self.grad_scaler.get_scale()) ** 2
-        finite = torch.stack([torch.isfinite(a_new[l.name]).all() & torch.isfinite(g_new[l.name]).all()
-                              for l in live]).tolist()
-        d = self.schedule.factor_decay
-        for layer, ok in zip(live, finite):
-            if not ok:
-                warnings.warn(f"THOR: step {self._step}: factors of {layer.name} contain NaN/Inf; "
-                              "not folded into the running average", RuntimeWarning, stacklevel=3)
-                continue
-            a, g = a_new[layer.name], g_new[layer.name]
-            if g_scale != 1.0:
-                g = g * g_scale
-            if layer.a is None:
-                layer.a, layer.g = a, g
-            else:
-                layer.a.mul_(d).add_(a, alpha=1 - d)
-                layer.g.mul_(d).add_(g, alpha=1 - d)
+            scale = 1.0 / float(self.grad_scaler.get_scale()) ** 2
+            g_new = {n: g * scale for n, g in g_new.items()}
+        return a_new, g_new
 
-    # -- skipped steps -----------------------------------------------------------------------------
-
-    def _grads(self) -> list[torch.Tensor]:
-        return [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-
-    @staticmethod
-    def _finite_flag(grads: list[torch.Tensor]) -> torch.Tensor:
-        """0-dim bool on the device: every gradient's L2 norm is finite (NaN/Inf propagate into it)."""
-        return torch.stack([n.float() for n in torch._foreach_norm(grads, 2)]).isfinite().all()
-
-    @staticmethod
-    def _grads_finite(grads: list[torch.Tensor], flag: torch.Tensor) -> bool:
-        """Exact host-side check: a non-finite norm is an Inf/NaN entry or an overflow of the sum."""
-        if bool(flag):
-            return True
-        norms = torch.stack([n.float() for n in torch._foreach_norm(grads, 2)]).isfinite().tolist()
-        return all(bool(torch.isfinite(g).all()) for g, ok in zip(grads, norms) if not ok)
+    # -- the phases of a step ----------------------------------------------------------------------
 
     def _hint(self) -> str:
         lr = self.param_groups[0]["lr"]
         return (f"Lower the learning rate (lr={lr:g}) or raise the damping "
                 f"(damping={self.schedule.damping(self._step):.3g}, Schedule(damping_init=...))")
 
-    def _count_on_device(self, ok: torch.Tensor) -> None:
-        """Skip counters kept on the device (no host sync): read at the next factor step or check
-        point. ``[skipped, leading run, trailing run, longest run]`` over the steps since then."""
-        if self._device_skips is None:
-            self._device_skips = torch.zeros(4, dtype=torch.int64, device=ok.device)
-            self._device_first, self._device_steps = self._step, 0
-        c, bad = self._device_skips, (~ok).long()
-        c[0] += bad
-        c[1] += bad * (c[1] == self._device_steps).long()
-        c[2] = (c[2] + bad) * bad
-        c[3] = torch.maximum(c[3], c[2])
-        self._device_steps += 1
+    def _on_host(self) -> bool:
+        """Whether this step decides skips on the host: always off CUDA; on CUDA when it synchronises
+        anyway (a capture, a check point or a replay after loading)."""
+        return (not self._sync_free or self._capturing() or self._replay
+                or (bool(self._layers) and self._step >= self._next_check))
 
-    def _read_device_skips(self) -> int:
-        """Fold the device counters into the host's; returns how many of those steps were skipped."""
-        if self._device_skips is None:
-            return 0
-        skipped, lead, trail, longest = self._device_skips.tolist()
-        n, self._device_skips = self._device_steps, None
-        k = self._skips
-        k.longest = max(k.longest, longest, k.consecutive + lead)
-        k.consecutive = k.consecutive + n if lead == n else trail
-        k.total += skipped
-        return skipped
+    def _guard_phase(self) -> tuple[bool, torch.Tensor | None]:
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        skip, ok = self._guard.check(grads, self._step, self._on_host())
+        if skip and self._collector is not None:
+            self._collector.reset()
+        return skip, ok
 
-    def _report_device_skips(self) -> None:
-        first, last = self._device_first, self._step - 1
-        skipped = self._read_device_skips()
-        if not skipped:
+    def _fold_phase(self, loss_samples) -> None:
+        if self._collector is None:
             return
-        k = self._skips
-        warnings.warn(f"THOR: {skipped} of steps {first}-{last} skipped: gradients contain NaN or Inf "
-                      f"({k.consecutive} in a row now, {k.total} in all)", RuntimeWarning, stacklevel=3)
-        if k.limit is not None and k.longest >= k.limit:
-            raise DivergedError(
-                f"THOR: {k.longest} consecutive steps had NaN or Inf gradients (before step {self._step}): "
-                f"training has diverged. {self._hint()} (max_skipped_steps={k.limit} sets how many skipped "
-                "steps in a row are tolerated)")
+        if self._capturing():
+            a_new, g_new = self._new_factors(loss_samples)
+            live = [l for l in self._live() if l.name in a_new and l.name in g_new]
+            finite = torch.stack([torch.isfinite(a_new[l.name]).all() & torch.isfinite(g_new[l.name]).all()
+                                  for l in live]).tolist() if live else []
+            for layer, ok in zip(live, finite):
+                if ok:
+                    layer.factors.fold(a_new[layer.name], g_new[layer.name], self.schedule.factor_decay)
+                else:
+                    warnings.warn(f"THOR: step {self._step}: factors of {layer.name} contain NaN/Inf; "
+                                  "not folded into the running average", RuntimeWarning, stacklevel=4)
+        self._collector.reset()
 
-    # -- the step ----------------------------------------------------------------------------------
+    def _refresh_phase(self) -> None:
+        if self._replay:
+            replay(self._layers, self.family)
+            self._replay = False
+        t = self._step
+        if t < self._next_check:
+            return
+        if check_point(self._live(), t, self.schedule.shift(t), self._solver):
+            for layer in self._layers:
+                if layer.trace.frozen:
+                    layer.factors.clear()  # its preconditioner is final: the factors are not needed
+            self._rebuild_collector()
+        self._next_check = t + self.schedule.interval(t)
+
+    def _direction_phase(self, ok) -> tuple[dict, dict]:
+        """``(preconditioned directions, first-order directions)`` per parameter (the latter: AdamW's,
+        for ``graft="adamw"``; SGD's are the gradients themselves)."""
+        source, reference = {}, {}
+        if self.graft.adam:  # AdamW: the filtered gradients and AdamW's directions
+            for group in self.param_groups:
+                m_hat, adam_dir = adam_moments(group, self.state, ok)
+                source.update(m_hat)
+                reference.update(adam_dir)
+        group_of = {p: g for g in self.param_groups for p in g["params"]}
+        adam = self.graft.adam
+        precond = directions(self._layers, self._dtype, group_of, graft=self.graft is not Graft.NONE,
+                             kl_clip=self.kl_clip, ok=ok, source=source if adam else None,
+                             reference=reference if adam else None) if self._layers else {}
+        return precond, reference
+
+    def _update_phase(self, precond: dict, reference: dict, ok) -> None:
+        for group in self.param_groups:
+            if self.graft.adam:
+                adamw_update(group, {**reference, **precond}, ok)
+            else:
+                sgd_update(group, self.state, precond, ok)
 
     @torch.no_grad()
     def step(self, closure=None, *, loss_samples: int | torch.Tensor | None = None):
@@ -273,59 +288,19 @@ class THOR(torch.optim.Optimizer):
         the captured G by ``loss_samples / N`` (exact for one backward per step; with gradient
         accumulation pass the total over the micro-batches). Ignored on steps that capture nothing.
         """
-        if loss_samples is not None and not isinstance(loss_samples, torch.Tensor) and not loss_samples >= 1:
-            raise ValueError(f"Invalid loss_samples={loss_samples}: must be >= 1 (the number of terms the "
-                             "loss averages over)")
+        _check_loss_samples(loss_samples)
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        grads = self._grads()
-        ok = self._finite_flag(grads) if grads else None
-        capturing = self._collector is not None and self._collector.active
-        host = not self._sync_free or capturing or self._replay or (self._layers and self._step >= self._next_check)
-        if ok is not None and host:
-            self._report_device_skips()
-            skipped = not self._grads_finite(grads, ok)
-            self._skips.record(self._step, skipped, self._hint())
-            if skipped:
-                if self._collector is not None:
-                    self._collector.reset()
-                return loss
-            ok = None
-        elif ok is not None:
-            self._count_on_device(ok)
-        lr_of = {p: g["lr"] for g in self.param_groups for p in g["params"]}
-        precond = {}
+        skip, ok = self._guard_phase()
+        if skip:
+            return loss
         if self._layers:
-            if self._replay:
-                replay_inverses(self._layers, self.backends)
-                self._replay = False
-            if self._collector is not None:
-                if capturing:
-                    self._fold_factors(loss_samples)
-                self._collector.reset()
-            if self._step >= self._next_check:
-                t = self._step
-                if check_point(self._live(), t, self.schedule.shift(t), self._inverter):
-                    for layer in self._layers:
-                        if layer.trace.frozen:
-                            layer.a = layer.g = None  # its inverses are final: the factors are not needed
-                    self._rebuild_collector()
-                self._next_check = t + self.schedule.interval(t)
-        adam = self.graft == "adamw"
-        source, reference = {}, {}  # AdamW: the filtered gradients and AdamW's directions
-        for group in self.param_groups if adam else ():
-            for into, part in zip((source, reference), adam_moments(group, self.state, ok)):
-                into.update(part)
-        if self._layers:
-            precond = directions(self._layers, self._dtype, lr_of, graft=self.graft, kl_clip=self.kl_clip,
-                                 **({"source": source, "reference": reference} if adam else {}))
-        for group in self.param_groups:
-            if adam:
-                adamw_update(group, {**reference, **precond}, ok)
-            else:
-                sgd_update(group, self.state, precond, ok)
+            self._fold_phase(loss_samples)
+            self._refresh_phase()
+        precond, reference = self._direction_phase(ok)
+        self._update_phase(precond, reference, ok)
         self._step += 1
         self._activate()
         return loss
@@ -345,55 +320,68 @@ class THOR(torch.optim.Optimizer):
 
     def stats(self) -> dict:
         """Trace-rule counters per layer, plus the current interval, damping, step and skips."""
-        self._read_device_skips()
+        self._guard.sync()
         return {
             "layers": {l.name: l.trace.stats() for l in self._layers},
             "interval": self.schedule.interval(self._step), "damping": self.schedule.damping(self._step),
-            "step": self._step, "skipped_steps": self._skips.total,
-            "consecutive_skips": self._skips.consecutive,
+            "step": self._step, "skipped_steps": self._guard.total,
+            "consecutive_skips": self._guard.consecutive,
         }
 
-    _SAVED = ("a", "g", "a_blocks", "g_blocks", "inv_step", "inv_shift")
-
     def state_dict(self) -> dict:
-        """The SGD state plus ``"thor"``: counters, running factors, trace state, inverted blocks."""
-        self._read_device_skips()
+        """The SGD / AdamW state plus ``"thor"`` (:mod:`.checkpoint`): counters, running factors, trace
+        state and the blocks each preconditioner was solved from."""
         sd = super().state_dict()
+        family = self.family
         sd["thor"] = {
-            "step": self._step, "next_check": self._next_check, "skipped_steps": self._skips.total,
-            "skips": self._skips.state(),
-            "layers": {l.name: {"a_split": l.a_part.split, "g_split": l.g_part.split,
-                                "trace": l.trace.to_dict(), **{k: getattr(l, k) for k in self._SAVED}}
-                       for l in self._layers},
+            "version": VERSION, "family": family.name, "step": self._step,
+            "next_check": self._next_check, "skips": self._guard.state(), "skipped_steps": self._guard.total,
+            "params": param_shapes(self.param_groups),
+            "layers": {l.name: l.state_dict(family.name, family.version) for l in self._layers},
         }
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load a :meth:`state_dict`; inverses are recomputed from the saved blocks at the next step."""
+        """Load a :meth:`state_dict` (also one of an older version, or a plain SGD / AdamW state);
+        another model's, plan's or family's state is refused. The solved blocks are recomputed from
+        the saved ones at the next step."""
         sd = dict(state_dict)
         thor = sd.pop("thor", None)
+        check_same_model(self.param_groups, sd, thor, {p: n for n, p in self._model.named_parameters()})
+        if thor is not None:
+            thor = upgrade(thor)
+            check_same_layers({l.name: (l.a_part.split, l.g_part.split) for l in self._layers}, thor)
+            check_same_family(self.family.name, thor)
         super().load_state_dict(sd)
         if thor is None:
             return
-        saved = thor["layers"]
-        mine = {l.name: (l.a_part.split, l.g_part.split) for l in self._layers}
-        theirs = {n: (s["a_split"], s["g_split"]) for n, s in saved.items()}
-        if mine != theirs:
-            raise ValueError("THOR state does not match this optimizer's layers and splits: "
-                             f"saved {sorted(theirs.items())}, here {sorted(mine.items())}")
-
-        def load(v, device):
-            if isinstance(v, torch.Tensor):
-                return v.to(device=device, dtype=self._dtype, copy=True)
-            return [load(x, device) for x in v] if isinstance(v, list) else v
-
         for layer in self._layers:
-            s = saved[layer.name]
-            for key in self._SAVED:
-                setattr(layer, key, load(s[key], layer.weight.device))
-            layer.trace = LayerTrace.from_dict(s["trace"])
-            layer.a_inv = layer.g_inv = None
+            layer.load_state_dict(thor["layers"][layer.name], self._dtype)
         self._step, self._next_check = thor["step"], thor["next_check"]
-        self._skips.load(thor.get("skips", {"total": thor["skipped_steps"], "consecutive": 0, "longest": 0}))
+        self._guard.load(thor["skips"])
         self._replay = True
         self._rebuild_collector()
+
+
+def _as_plan(plan) -> Plan | None:
+    """A plan object from a :class:`Plan`, a path to a plan file, or None."""
+    if plan is None or isinstance(plan, Plan):
+        return plan
+    if isinstance(plan, (str, os.PathLike)):
+        return Plan.load(plan)
+    raise ConfigError("plan", type(plan).__name__, "pass a Plan (Plan.load('plan.json')), a plan file's path "
+                      "or None")
+
+
+def _check_loss_samples(loss_samples) -> None:
+    if loss_samples is None:
+        return
+    if isinstance(loss_samples, torch.Tensor):
+        if loss_samples.dim() != 0 or loss_samples.is_floating_point() or loss_samples.is_complex():
+            raise ConfigError("loss_samples", f"tensor of shape {tuple(loss_samples.shape)} and dtype "
+                              f"{loss_samples.dtype}", "must be an int or a 0-dim integer tensor (e.g. "
+                              "(labels != -100).sum())")
+        return
+    if isinstance(loss_samples, bool) or not isinstance(loss_samples, int) or loss_samples < 1:
+        raise ConfigError("loss_samples", loss_samples, "must be >= 1 (the number of terms the loss averages over)",
+                          quote=isinstance(loss_samples, str))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from thor_planner.capture.layers import layer_kinds
 from thor_planner.utils.atomic import atomic_write_text
 from thor_planner.utils.errors import UserError
 
@@ -123,10 +124,10 @@ class Measurements:
             raise UserError(f"'{folder}' has losses for candidates {','.join(loss_cands) or 'none'} but timings for "
                             f"{','.join(cands) or 'none'}: re-run 'thor-plan profile'")
         per_layer = losses.groupby("layer", sort=False)["factor"].apply(sorted)
-        if not _whole(losses["dim"], 1) or not losses["kind"].isin(["conv2d", "linear"]).all() \
+        if not _whole(losses["dim"], 1) or not losses["kind"].isin(layer_kinds()).all() \
                 or not all(f == ["a", "g"] for f in per_layer):
-            raise UserError(f"'{paths[LOSSES_CSV]}' needs one 'a' and one 'g' row per layer, kind conv2d or "
-                            "linear and integer dims >= 1: re-create it with 'thor-plan profile'")
+            raise UserError(f"'{paths[LOSSES_CSV]}' needs one 'a' and one 'g' row per layer, a registered kind "
+                            f"({', '.join(layer_kinds())}) and integer dims >= 1: re-create it with 'thor-plan profile'")
         numeric = losses[cands].apply(pd.to_numeric, errors="coerce")
         if numeric.isna().any().any() or ((numeric < 0) | (numeric > 1)).any().any():
             raise UserError(f"'{folder / LOSSES_CSV}' holds losses outside [0, 1]: re-run 'thor-plan profile'")

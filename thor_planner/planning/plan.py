@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from thor_planner.capture.layers import layer_kinds
 from thor_planner.utils.atomic import atomic_write_text
 from thor_planner.utils.damping import DEFAULT_DAMPING, factor_shift
 from thor_planner.utils.errors import UserError
@@ -36,6 +37,10 @@ CURVES = ("loss_fraction", "inversion_seconds", "normalized_perf")
 
 class PlanError(UserError):
     """A plan file that cannot be used."""
+
+
+def _kinds() -> str:
+    return ", ".join(repr(k) for k in layer_kinds())
 
 
 _fields = FieldReader("plan", PlanError)
@@ -97,7 +102,7 @@ class LayerPlan:
     """One preconditioned layer: its factor dimensions, splits and trace thresholds."""
 
     name: str
-    kind: str  # "conv2d" | "linear"
+    kind: str  # a registered layer kind (capture.layers.LAYER_TYPES): "conv2d", "linear", ...
     a_dim: int
     g_dim: int
     a_split: int
@@ -108,8 +113,8 @@ class LayerPlan:
     omega2: float = 0.001
 
     def __post_init__(self) -> None:
-        if self.kind not in ("conv2d", "linear"):
-            raise ValueError(f"Invalid kind={self.kind!r}: must be 'conv2d' or 'linear'")
+        if self.kind not in layer_kinds():
+            raise ValueError(f"Invalid kind={self.kind!r}: must be a registered layer kind ({_kinds()})")
         for f in ("a_dim", "g_dim", "a_split", "g_split"):
             if getattr(self, f) < 1:
                 raise ValueError(f"Invalid {f}={getattr(self, f)}: must be >= 1")
@@ -119,8 +124,8 @@ class LayerPlan:
     @classmethod
     def from_dict(cls, d: dict, path: str) -> "LayerPlan":
         kind = _str(d, "kind", path)
-        if kind not in ("conv2d", "linear"):
-            _fail(f"{path}.kind", kind, "must be 'conv2d' or 'linear'")
+        if kind not in layer_kinds():
+            _fail(f"{path}.kind", kind, f"must be a registered layer kind ({_kinds()})")
         omega1 = _num(d, "omega1", path, 0.0, math.inf)
         omega2 = _num(d, "omega2", path, 0.0, omega1)
         a_dim, g_dim = _int(d, "a_dim", path, 1), _int(d, "g_dim", path, 1)
