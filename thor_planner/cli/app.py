@@ -107,7 +107,7 @@ WorldSizeOpt = typer.Option(1, "--world-size", help="Data-parallel ranks the pla
 
 @app.command()
 def profile(
-    model: str = typer.Option("resnet50", "--model", "-m", help="Built-in (resnet50, resnet18, cnn, mlp, bert-base, bert-tiny), 'pkg.module:factory', or torchvision:/timm:/hf: names when they import."),
+    model: str = typer.Option("resnet50", "--model", "-m", help="Built-in (resnet50, resnet18, cnn, mlp, bert-base, bert-tiny, gpt-tiny, gpt-small), 'pkg.module:factory', or torchvision:/timm:/hf: names when they import."),
     weights: Path = typer.Option(None, "--weights", help="State dict to load (torch.load with weights_only=True)."),
     num_classes: int = typer.Option(None, "--num-classes", help="Classes of the model's head (built-ins and factories that take num_classes)."),
     data: str = typer.Option("synthetic", "--data", help="'synthetic' (default; random tokens for token models), 'digits', 'text' or 'tokens' (token models), 'pkg.module:factory' yielding (inputs, labels), or an image folder."),
