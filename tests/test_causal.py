@@ -29,8 +29,6 @@ from thor_planner.inputs.models import BUILTIN_MODELS, load_model
 from thor_planner.planning.plan import Plan
 from thor_planner.utils.errors import UserError
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 TINY_LINEARS = [f"blocks.{i}.{n}" for i in range(4) for n in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")]
 TINY_LINEARS += ["lm_head"]
 
