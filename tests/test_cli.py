@@ -178,7 +178,7 @@ CUDA_MESSAGE = ("CUDA was asked for (--device cuda) but torch sees no CUDA devic
 
 BAD_PROFILES = [
     (["--model", "nope"],
-     "Unknown model 'nope': use one of bert-base, bert-tiny, cnn, mlp, resnet18, resnet50, or a factory as 'pkg.module:function'"),
+     "Unknown model 'nope': use one of bert-base, bert-tiny, cnn, gpt-small, gpt-tiny, mlp, resnet18, resnet50, or a factory as 'pkg.module:function'"),
     (["--model", "no_such_module_xyz:make"],
      "Cannot import module 'no_such_module_xyz' for model factory 'no_such_module_xyz:make': "
      "No module named 'no_such_module_xyz'"),
@@ -186,7 +186,7 @@ BAD_PROFILES = [
      "Model factory 'thor_planner.inputs.models:no_such_factory' not found: "
      "module 'thor_planner.inputs.models' has no attribute 'no_such_factory'"),
     (["--model", "[/]x"],  # rich markup in user input is printed as is
-     "Unknown model '[/]x': use one of bert-base, bert-tiny, cnn, mlp, resnet18, resnet50, or a factory as 'pkg.module:function'"),
+     "Unknown model '[/]x': use one of bert-base, bert-tiny, cnn, gpt-small, gpt-tiny, mlp, resnet18, resnet50, or a factory as 'pkg.module:function'"),
     (["--threshold", "0"], "Invalid --threshold=0: must be in (0, 1), e.g. 0.01 for 1%"),
     (["--threshold", "1.5"], "Invalid --threshold=1.5: must be in (0, 1), e.g. 0.01 for 1%"),
     (["--overhead", "0"], "Invalid --overhead=0: must be > 0, e.g. 0.05 for 5% of a training step"),
@@ -218,7 +218,7 @@ def test_profile_bad_input(tiny_profile: list[str], tmp_path: Path, args: list[s
 def test_profile_failure_keeps_an_existing_folder(profile_copy: Path) -> None:
     before = snapshot(profile_copy)
     assert_fails(invoke("profile", "--model", "nope", "--out", profile_copy),
-                 "Unknown model 'nope': use one of bert-base, bert-tiny, cnn, mlp, resnet18, resnet50, or a factory as 'pkg.module:function'")
+                 "Unknown model 'nope': use one of bert-base, bert-tiny, cnn, gpt-small, gpt-tiny, mlp, resnet18, resnet50, or a factory as 'pkg.module:function'")
     assert snapshot(profile_copy) == before
 
 

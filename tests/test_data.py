@@ -103,7 +103,7 @@ def test_load_batches_errors() -> None:
     with pytest.raises(UserError) as e:
         _load("imagenet")
     assert str(e.value) == (
-        "Unknown data 'imagenet': use 'synthetic', 'digits', 'text', 'tokens', a factory "
+        "Unknown data 'imagenet': use 'synthetic', 'digits', 'text', 'tokens', 'stdlib', a factory "
         "'pkg.module:function' or an image folder"
     )
 

@@ -55,7 +55,7 @@ def test_resnet_init_like_torchvision() -> None:
 
 
 def test_builtin_registry_and_small_models() -> None:
-    assert sorted(BUILTIN_MODELS) == ["bert-base", "bert-tiny", "cnn", "mlp", "resnet18", "resnet50"]
+    assert sorted(BUILTIN_MODELS) == ["bert-base", "bert-tiny", "cnn", "gpt-small", "gpt-tiny", "mlp", "resnet18", "resnet50"]
     for name in ("cnn", "mlp"):
         loaded = load_model(name)
         spec = BUILTIN_MODELS[name]
@@ -72,7 +72,7 @@ def test_unknown_model() -> None:
     with pytest.raises(UserError) as e:
         load_model("vgg")
     assert _message(e) == (
-        "Unknown model 'vgg': use one of bert-base, bert-tiny, cnn, mlp, resnet18, resnet50, "
+        "Unknown model 'vgg': use one of bert-base, bert-tiny, cnn, gpt-small, gpt-tiny, mlp, resnet18, resnet50, "
         "or a factory as 'pkg.module:function'"
     )
 

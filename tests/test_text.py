@@ -102,7 +102,7 @@ def test_token_batches_for_the_profiler() -> None:
     with pytest.raises(UserError) as e:
         load_batches("text", input_shape=(1, 8, 8), num_classes=10, batch_size=2, batches=1, seed=0)
     assert str(e.value) == ("Data 'text' is token ids, but the model does not take token ids: use --model "
-                            "bert-tiny or bert-base (or a model that declares vocab_size)")
+                            "bert-tiny, bert-base, gpt-tiny or gpt-small (or a model that declares vocab_size)")
     with pytest.raises(UserError) as e:
         load_batches("tokens", input_shape=(8,), num_classes=100, batch_size=2, batches=1, seed=0, vocab_size=100)
     assert str(e.value) == ("Data 'tokens' uses a 261-token byte vocabulary, but the model's has 100: "

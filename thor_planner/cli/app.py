@@ -107,13 +107,13 @@ WorldSizeOpt = typer.Option(1, "--world-size", help="Data-parallel ranks the pla
 
 @app.command()
 def profile(
-    model: str = typer.Option("resnet50", "--model", "-m", help="Built-in (resnet50, resnet18, cnn, mlp, bert-base, bert-tiny), 'pkg.module:factory', or torchvision:/timm:/hf: names when they import."),
+    model: str = typer.Option("resnet50", "--model", "-m", help="Built-in (resnet50, resnet18, cnn, mlp, bert-base, bert-tiny, gpt-tiny, gpt-small), 'pkg.module:factory', or torchvision:/timm:/hf: names when they import."),
     weights: Path = typer.Option(None, "--weights", help="State dict to load (torch.load with weights_only=True)."),
     num_classes: int = typer.Option(None, "--num-classes", help="Classes of the model's head (built-ins and factories that take num_classes)."),
-    data: str = typer.Option("synthetic", "--data", help="'synthetic' (default; random tokens for token models), 'digits', 'text' or 'tokens' (token models), 'pkg.module:factory' yielding (inputs, labels), or an image folder."),
+    data: str = typer.Option("synthetic", "--data", help="'synthetic' (default; random tokens for token models), 'digits', 'text' or 'tokens' (masked LMs), 'stdlib' or 'tokens' (causal LMs: the standard library's source, next-byte labels), 'pkg.module:factory' yielding (inputs, labels), or an image folder."),
     batches: int = typer.Option(2, "--batches", help="Batches to capture factors on."),
     batch_size: int = typer.Option(8, "--batch-size", help="Samples per batch."),
-    input_size: int = typer.Option(None, "--input-size", help="Image side for synthetic data (default: the model's, 224 for ResNets); sequence length for token models (default 128)."),
+    input_size: int = typer.Option(None, "--input-size", help="Image side for synthetic data (default: the model's, 224 for ResNets); sequence length for token models (default: the model's, 128 for bert-* and gpt-tiny)."),
     seed: int = typer.Option(0, "--seed", help="Seed for data, Fisher label sampling and timing inputs."),
     fisher: FisherChoice = typer.Option(FisherChoice.sampled, "--fisher", help="Labels for G: sampled from the model's output (true Fisher) or the batch labels (empirical)."),
     skip: str = typer.Option(None, "--skip", help="Regex of layer names to leave to SGD."),

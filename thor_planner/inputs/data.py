@@ -3,9 +3,14 @@
 ``synthetic`` is random data (fast, but not real statistics), ``digits`` is scikit-learn's bundled
 8x8 digits (no download), a ``'pkg.module:function'`` factory is the user's own data, and a folder
 of class subfolders is read as images when Pillow imports. Token models (they declare
-``vocab_size``) take ``text`` (Python's bundled documentation, byte-level, masked-LM targets) or
-synthetic ``tokens`` (also what ``synthetic`` means for them): batches of ``(input_ids, labels)``,
-both ``(B, T)``, labels ``-100`` where no token is masked (:mod:`thor_planner.inputs.text`).
+``vocab_size``) take batches of ``(input_ids, labels)``, both ``(B, T)``:
+
+- masked LMs: ``text`` (Python's bundled documentation, byte-level, masked-LM targets) or synthetic
+  ``tokens`` (also what ``synthetic`` means for them); labels ``-100`` where no token is masked
+  (:mod:`thor_planner.inputs.text`);
+- causal LMs (they declare ``objective = "causal"``): ``stdlib`` (windows of the standard library's
+  source, :mod:`thor_planner.inputs.stdlib`) or ``tokens`` / ``synthetic`` (uniform random bytes);
+  labels are the next bytes.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from typing import Literal
 
 import torch
 
+from thor_planner.inputs import stdlib
 from thor_planner.inputs import text as text_data
+from thor_planner.inputs.causal import BYTE_VOCAB
 from thor_planner.utils.errors import UserError
 from thor_planner.utils.imports import accepted_kwargs, import_object
 
@@ -30,6 +37,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DIGITS_SHAPE = (1, 8, 8)
 DIGITS_CLASSES = 10
 IGNORE_LABEL = -100  # cross-entropy's ignore_index (e.g. unmasked tokens of a masked-LM batch)
+TOKEN_DATA = ("text", "tokens", "stdlib")  # data for token models (``synthetic`` means ``tokens`` for them)
 
 
 @dataclass
@@ -38,7 +46,7 @@ class BatchSource:
 
     batches: list[Batch]
     description: str
-    kind: Literal["synthetic", "digits", "factory", "folder", "text"]
+    kind: Literal["synthetic", "digits", "factory", "folder", "text", "stdlib"]
 
 
 def synthetic_batches(input_shape: tuple[int, ...], num_classes: int, batch_size: int,
@@ -108,11 +116,52 @@ def token_batches(data: str, seq_len: int, vocab_size: int, batch_size: int, bat
     return list(zip(inputs.split(batch_size), labels.split(batch_size)))
 
 
+def causal_batches(data: str, seq_len: int, batch_size: int, batches: int, seed: int) -> list[Batch]:
+    """Causal-LM batches ``(input_ids, labels)``, int64 ``(batch_size, seq_len)``, labels the next
+    bytes: random windows of the standard library's train split (``'stdlib'``, positions drawn with
+    ``seed``) or uniform random bytes (``'tokens'``)."""
+    gen = torch.Generator().manual_seed(seed)
+    count = batch_size * batches
+    if data == "stdlib":
+        corpus = stdlib.load_corpus()
+        if seq_len >= len(corpus.train):
+            raise UserError(f"Invalid --input-size={seq_len}: the stdlib train split holds {len(corpus.train)} "
+                            "bytes: use a shorter sequence")
+        x, y = stdlib.train_windows(corpus, count, seq_len, gen)
+    else:
+        stream = torch.randint(0, BYTE_VOCAB, (count, seq_len + 1), generator=gen)
+        x, y = stream[:, :-1], stream[:, 1:]
+    return list(zip(x.split(batch_size), y.split(batch_size)))
+
+
+def _causal_source(data: str, seq_len: int, vocab_size: int, batch_size: int, batches: int,
+                   seed: int) -> BatchSource:
+    if data == "text":
+        raise UserError("Data 'text' is masked-LM sequences, but the model is a causal LM: use --data stdlib "
+                        "(or tokens)")
+    if vocab_size < BYTE_VOCAB:
+        raise UserError(f"Data '{data}' is bytes (ids 0-255), but the model's vocabulary has {vocab_size}: "
+                        f"use --num-classes {BYTE_VOCAB} or more")
+    source = causal_batches(data, seq_len, batch_size, batches, seed)
+    if data == "stdlib":
+        info = stdlib.load_corpus().describe()
+        return BatchSource(source, f"stdlib (Python {info['python']}'s standard-library source, {info['files']} "
+                           f"files, {info['total_bytes']} bytes, sha256 {info['sha256'][:12]}; random "
+                           f"{seq_len}-byte windows of the train split, next-byte labels)", "stdlib")
+    return BatchSource(source, f"synthetic bytes (uniform random, {seq_len} per sequence, next-byte labels; "
+                       "not real text)", "synthetic")
+
+
 def _token_source(data: str, input_shape: tuple[int, ...] | None, vocab_size: int | None,
-                  batch_size: int, batches: int, seed: int) -> BatchSource:
+                  batch_size: int, batches: int, seed: int, objective: str | None) -> BatchSource:
     if vocab_size is None or input_shape is None or len(input_shape) != 1:
-        raise UserError(f"Data '{data}' is token ids, but the model does not take token ids: "
-                        "use --model bert-tiny or bert-base (or a model that declares vocab_size)")
+        raise UserError(f"Data '{data}' is token ids, but the model does not take token ids: use --model "
+                        "bert-tiny, bert-base, gpt-tiny or gpt-small (or a model that declares vocab_size)")
+    if objective == "causal":
+        return _causal_source(data, input_shape[0], vocab_size, batch_size, batches, seed)
+    if data == "stdlib":
+        raise UserError("Data 'stdlib' is next-byte prediction for causal LMs, but the model is a masked LM: "
+                        "use --model gpt-tiny or gpt-small, or --data text")
     if vocab_size < text_data.VOCAB_SIZE:
         raise UserError(f"Data '{data}' uses a {text_data.VOCAB_SIZE}-token byte vocabulary, but the model's "
                         f"has {vocab_size}: use --num-classes {text_data.VOCAB_SIZE} or more")
@@ -259,17 +308,19 @@ def check_batches(data: str, source: list[Batch], num_classes: int | None) -> No
 
 
 def load_batches(data: str, *, input_shape: tuple[int, ...] | None, num_classes: int | None,
-                 batch_size: int, batches: int, seed: int, vocab_size: int | None = None) -> BatchSource:
-    """The batches named by ``data``: ``'synthetic'``, ``'digits'``, ``'text'``, ``'tokens'``, an
-    image folder, or a factory ``'pkg.module:function'``. ``input_shape``, ``num_classes`` and
-    ``vocab_size`` (token models only; ``input_shape`` is then ``(seq_len,)``) describe the model."""
+                 batch_size: int, batches: int, seed: int, vocab_size: int | None = None,
+                 objective: str | None = None) -> BatchSource:
+    """The batches named by ``data``: ``'synthetic'``, ``'digits'``, ``'text'``, ``'tokens'``,
+    ``'stdlib'``, an image folder, or a factory ``'pkg.module:function'``. ``input_shape``,
+    ``num_classes``, ``vocab_size`` and ``objective`` (token models only: ``input_shape`` is then
+    ``(seq_len,)``, ``objective`` ``'masked'`` (the default) or ``'causal'``) describe the model."""
     if batch_size < 1:
         raise UserError(f"Invalid --batch-size={batch_size}: must be >= 1")
     if batches < 1:
         raise UserError(f"Invalid --batches={batches}: must be >= 1")
-    if data in ("text", "tokens") or (data == "synthetic" and vocab_size is not None):
+    if data in TOKEN_DATA or (data == "synthetic" and vocab_size is not None):
         return _token_source("tokens" if data == "synthetic" else data, input_shape, vocab_size,
-                             batch_size, batches, seed)
+                             batch_size, batches, seed, objective)
     if data == "synthetic":
         if input_shape is None or num_classes is None:
             raise UserError(
@@ -313,6 +364,6 @@ def load_batches(data: str, *, input_shape: tuple[int, ...] | None, num_classes:
         check_batches(data, source, num_classes)
         return BatchSource(source, f"factory '{data}'", "factory")
     raise UserError(
-        f"Unknown data '{data}': use 'synthetic', 'digits', 'text', 'tokens', a factory "
+        f"Unknown data '{data}': use 'synthetic', 'digits', 'text', 'tokens', 'stdlib', a factory "
         "'pkg.module:function' or an image folder"
     )

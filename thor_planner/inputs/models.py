@@ -1,5 +1,6 @@
 """Models to profile: built-ins, user factories, and torchvision/timm/Hugging Face models when they
-import. The BERT masked LMs (``bert-base``, ``bert-tiny``) live in :mod:`.transformer`.
+import. The BERT masked LMs (``bert-base``, ``bert-tiny``) live in :mod:`.transformer`, the
+byte-level causal LMs (``gpt-tiny``, ``gpt-small``) in :mod:`.causal`.
 
 The ResNets are defined here (torchvision does not have to import) with exactly torchvision's
 module names, parameter shapes and initialisation, so a torchvision ``state_dict`` loads into them
@@ -17,6 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from thor_planner.inputs.causal import gpt_small, gpt_tiny
 from thor_planner.inputs.transformer import bert_base, bert_tiny, hf_model, planner_skips
 from thor_planner.utils.errors import UserError
 from thor_planner.utils.imports import accepted_kwargs, import_object
@@ -201,6 +203,9 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
         ModelSpec("resnet50", resnet50, (3, 224, 224), 1000, "ResNet-50 v1.5 (torchvision layout)"),
         ModelSpec("bert-base", bert_base, (128,), 30522, "BERT-base masked LM on 128 token ids (vocab 30522)"),
         ModelSpec("bert-tiny", bert_tiny, (128,), 261, "BERT-tiny masked LM on 128 byte-level token ids"),
+        ModelSpec("gpt-tiny", gpt_tiny, (128,), 256, "byte-level causal LM (4 layers, width 128) on 128 bytes"),
+        ModelSpec("gpt-small", gpt_small, (1024,), 256,
+                  "byte-level causal LM, GPT-2 small's shape (12 layers, width 768) on 1024 bytes"),
     )
 }
 
@@ -221,6 +226,9 @@ class LoadedModel:
     vocab_size: int | None = None
     #: Layers the planner leaves to the first-order update, with the reason (token models only).
     planner_skips: dict[str, str] = field(default_factory=dict)
+    #: Token models only: ``"causal"`` when the model declares ``objective = "causal"`` (labels are
+    #: the next tokens), else ``"masked"`` (masked-LM targets).
+    objective: str | None = None
 
 
 def _last_linear_out(model: nn.Module) -> int | None:
@@ -374,4 +382,6 @@ def load_model(name: str, *, num_classes: int | None = None,
         num_params=sum(p.numel() for p in model.parameters()),
         vocab_size=vocab,
         planner_skips=planner_skips(model) if vocab is not None else {},
+        objective=None if vocab is None else ("causal" if getattr(model, "objective", None) == "causal"
+                                              else "masked"),
     )

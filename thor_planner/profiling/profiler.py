@@ -189,7 +189,7 @@ def run_profile(cfg: ProfileConfig, progress: Progress = Progress(),
                         "(images 3×N×N) or real batches with --data")
     source = load_batches(cfg.data, input_shape=shape, num_classes=loaded.num_classes,
                           batch_size=cfg.batch_size, batches=cfg.batches, seed=cfg.seed,
-                          vocab_size=loaded.vocab_size)
+                          vocab_size=loaded.vocab_size, objective=loaded.objective)
     model = loaded.model.to(device)
     check_model_takes(loaded, model, source, cfg.data, device)
     torch.manual_seed(cfg.seed)
