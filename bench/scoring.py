@@ -55,7 +55,8 @@ def meets(value: float, target: float, direction: str) -> bool:
     return value <= target if direction == "min" else value >= target
 
 
-def time_to_target(evals: Sequence[Sequence[float]], target: float, direction: str) -> tuple[float, int | None]:
+def time_to_target(evals: Sequence[Sequence[float]], target: float,
+                   direction: str) -> tuple[float, int | None]:
     """``(seconds, step)`` of the first evaluation meeting ``target``; ``(inf, None)`` when none does."""
     _check_direction(direction)
     for step, seconds, value in evals:
@@ -150,7 +151,8 @@ class Profile:
     scale: str
 
     def to_json(self) -> dict:
-        return {"scale": self.scale, "taus": list(self.taus), "rho": {k: list(v) for k, v in self.rho.items()},
+        return {"scale": self.scale, "taus": list(self.taus),
+                "rho": {k: list(v) for k, v in self.rho.items()},
                 "ratios": {k: {w: json_number(r) for w, r in v.items()} for k, v in self.ratios.items()}}
 
 

@@ -126,7 +126,8 @@ def test_profile_grid_options():
 
 
 def test_profile_refuses_inconsistent_tables():
-    with pytest.raises(ValueError, match=r"^Optimizer 'b' has times for \['cnn'\]; expected \['cnn', 'gpt'\]$"):
+    message = r"^Optimizer 'b' has times for \['cnn'\]; expected \['cnn', 'gpt'\]$"
+    with pytest.raises(ValueError, match=message):
         scoring.performance_profile({"a": {"cnn": 1.0, "gpt": 2.0}, "b": {"cnn": 1.0}})
     with pytest.raises(ValueError, match=r"^Invalid max_tau=0.5: must be >= 1$"):
         scoring.performance_profile(TIMES, max_tau=0.5)
