@@ -1,23 +1,23 @@
 """The peer optimizers of the time-to-target benchmark, each built as its documentation prescribes,
 with the search space it is tuned in.
 
-    from peers import WarmupCosine, absence, make, space
+    from peers import absence, make, space
     if absence("soap") is None:                     # else report absence("soap"): "absent"
         opt = make("soap", model, {"lr": 3e-3})    # missing hyperparameters take their defaults
-        schedule = WarmupCosine(opt, total_steps, warmup_fraction=0.05)
-        for ...: opt.zero_grad(); loss.backward(); opt.step(); schedule.step()
+        schedule = LRSchedule(opt, total_steps, "cosine", warmup=0.05)  # thor_planner.training.schedule
+        for t in ...: schedule.apply(t); opt.zero_grad(); loss.backward(); opt.step()
 
 Every object :func:`make` returns has ``step()``, ``zero_grad()`` and ``param_groups`` (one learning
-rate per group, which :class:`WarmupCosine` scales: every optimizer of the benchmark gets a linear
-warm-up then a cosine decay to zero). A peer that does not import is reported ``"absent"``
+rate per group, which the project's :class:`~thor_planner.training.schedule.LRSchedule` scales:
+every optimizer of the benchmark gets the same linear warm-up then cosine decay to zero). A peer that does not import is reported ``"absent"``
 (:func:`absence`), never imitated; one that raises on a workload is reported with
 :func:`unsupported`.
 
 Search spaces (:func:`space`; :class:`thor_planner.tune.space.Param` dimensions). Every space tunes
-``lr``, ``weight_decay``, ``beta1`` or ``momentum``, ``warmup_fraction`` (0–0.2 of the steps) and one
+``lr``, ``weight_decay``, ``beta1`` or ``momentum``, ``warmup`` (0–0.2 of the steps) and one
 knob of the method's own; each default lies inside its range. The Adam-like peers (SOAP, Shampoo,
 K-FAC on AdamW) take the project's AdamW ranges (``lr`` 1e-4–0.1, ``weight_decay`` 1e-6–0.1, both
-log; ``thor_planner.tune.space``) and ``beta1`` 0.8–0.99; K-FAC on SGD takes SGD's ``lr`` (1e-3–1,
+log; ``thor_planner.training.space``) and ``beta1`` 0.8–0.99; K-FAC on SGD takes SGD's ``lr`` (1e-3–1,
 log) and ``momentum`` (0–0.99) and the same ``weight_decay`` range. Preconditioner and factor
 cadences are fixed at their documented defaults, not tuned.
 
@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -74,14 +73,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from thor_planner.tune.space import SPACES, Param
+from thor_planner.training.space import ADAMW_LR, BETA1, MOMENTUM as SGD_MOMENTUM, SGD_LR, WARMUP, Param
+from thor_planner.training.space import WEIGHT_DECAY as ADAMW_WEIGHT_DECAY
 
-ADAMW_LR, ADAMW_WEIGHT_DECAY = SPACES["adamw"]
-SGD_LR, SGD_MOMENTUM = SPACES["sgd"]
-BETA1 = Param(name="beta1", low=0.8, high=0.99)
-WARMUP = Param(name="warmup_fraction", low=0.0, high=0.2)
-#: Defaults every peer shares: the schedule's warm-up (read by the benchmark, not by ``make``).
-COMMON = {"warmup_fraction": 0.05}
+#: Defaults every peer shares: the schedule's warm-up (read by the training loop, not by ``make``).
+COMMON = {"warmup": 0.05}
 NS_PRECISIONS = ("auto", "bfloat16", "float32")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
@@ -178,44 +174,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-# ------------------------------------------------------------------------------------ schedule
-
-
-def warmup_cosine(step: int, total_steps: int, warmup_fraction: float) -> float:
-    """The learning-rate factor of 0-based ``step``: linear up to 1 over the first
-    ``round(warmup_fraction * total_steps)`` steps, then a cosine decay reaching 0 at ``total_steps``."""
-    warmup = round(warmup_fraction * total_steps)
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-class WarmupCosine:
-    """Scales every learning rate of ``optimizer.param_groups`` by :func:`warmup_cosine`: the
-    factor of step 0 on creation, the next one at each ``step()`` (call it after ``opt.step()``)."""
-
-    def __init__(self, optimizer, total_steps: int, warmup_fraction: float) -> None:
-        if total_steps < 1:
-            raise ValueError(f"Invalid total_steps={total_steps}: must be >= 1")
-        if not 0.0 <= warmup_fraction < 1.0:
-            raise ValueError(f"Invalid warmup_fraction={warmup_fraction}: must be in [0, 1)")
-        self.groups = optimizer.param_groups
-        self.base_lrs = [group["lr"] for group in self.groups]
-        self.total_steps, self.warmup_fraction = total_steps, warmup_fraction
-        self.step_count = 0
-        self._apply()
-
-    def step(self) -> None:
-        self.step_count += 1
-        self._apply()
-
-    def _apply(self) -> None:
-        factor = warmup_cosine(self.step_count, self.total_steps, self.warmup_fraction)
-        for group, lr in zip(self.groups, self.base_lrs):
-            group["lr"] = lr * factor
 
 
 # ---------------------------------------------------------------------------------------- Muon

@@ -105,15 +105,18 @@ def test_bad_arguments(kwargs, message):
 
 
 def test_training_loop_offers_lamb():
-    from thor_planner.training.loop import DEFAULT_LR, TrainConfig, build_model, make_optimizer
+    from thor_planner.training.loop import TrainConfig, build_model, make_optimizer
+    from thor_planner.training.optimizers import OPTIMIZERS
 
     opt = make_optimizer(TrainConfig(model="mlp", optimizer="lamb", weight_decay=0.01), build_model("mlp"))
     assert isinstance(opt, LAMB)
-    assert opt.param_groups[0]["lr"] == DEFAULT_LR["lamb"] and opt.param_groups[0]["weight_decay"] == 0.01
+    assert opt.param_groups[0]["lr"] == OPTIMIZERS["lamb"].default_lr == 0.05
+    assert opt.param_groups[0]["weight_decay"] == 0.01
 
 
 def test_tuner_has_a_lamb_space():
-    from thor_planner.tune.space import SPACES, train_options
+    from thor_planner.tune.space import space, train_options
 
-    assert [p.name for p in SPACES["lamb"]] == ["lr", "weight_decay"]
-    assert train_options("lamb", {"lr": 0.01, "weight_decay": 1e-3}, 10) == {"lr": 0.01, "weight_decay": 1e-3}
+    assert [p.name for p in space("lamb")] == ["lr", "weight_decay", "beta1", "warmup"]
+    assert train_options("lamb", {"lr": 0.01, "weight_decay": 1e-3, "beta1": 0.85, "warmup": 0.1}) == {
+        "lr": 0.01, "weight_decay": 1e-3, "warmup": 0.1, "options": {"betas": (0.85, 0.999)}}

@@ -146,10 +146,10 @@ def test_a_non_finite_gradient_skips_the_step() -> None:
 def test_train_config_passes_options_only_to_mlbfgs() -> None:
     from thor_planner.training.loop import TrainConfig, TrainConfigError, build_model, make_optimizer
 
-    cfg = TrainConfig(model="mlp", optimizer="mlbfgs", momentum=0.5, mlbfgs_options={"history_size": 3})
+    cfg = TrainConfig(model="mlp", optimizer="mlbfgs", momentum=0.5, options={"history_size": 3})
     opt = make_optimizer(cfg, build_model("mlp"))
     assert isinstance(opt, MLBFGS)
     assert opt.param_groups[0]["history_size"] == 3 and opt.param_groups[0]["momentum"] == 0.5
     with pytest.raises(TrainConfigError) as err:
-        TrainConfig(optimizer="sgd", mlbfgs_options={"history_size": 3})
-    assert str(err.value) == "Invalid mlbfgs_options: they apply only to optimizer 'mlbfgs', not 'sgd'"
+        TrainConfig(optimizer="sgd", options={"history_size": 3})
+    assert str(err.value) == "Invalid options={'history_size': …}: not options of optimizer 'sgd' (it takes none)"

@@ -176,10 +176,10 @@ def test_kfac_leaves_a_tied_head_to_the_base_optimizer():
 
 def test_spaces_share_the_schedule_and_name_each_knob():
     names = {name: [p.name for p in peers.space(name)] for name in peers.PEERS}
-    assert names == {"muon": ["lr", "weight_decay", "momentum", "warmup_fraction", "adamw_lr"],
-                     "soap": ["lr", "weight_decay", "beta1", "warmup_fraction", "shampoo_beta"],
-                     "shampoo": ["lr", "weight_decay", "beta1", "warmup_fraction", "epsilon"],
-                     "kfac-pytorch": ["lr", "weight_decay", "momentum", "warmup_fraction", "damping"]}
+    assert names == {"muon": ["lr", "weight_decay", "momentum", "warmup", "adamw_lr"],
+                     "soap": ["lr", "weight_decay", "beta1", "warmup", "shampoo_beta"],
+                     "shampoo": ["lr", "weight_decay", "beta1", "warmup", "epsilon"],
+                     "kfac-pytorch": ["lr", "weight_decay", "momentum", "warmup", "damping"]}
     assert [p.name for p in peers.space("kfac-pytorch", base="adamw")][2] == "beta1"
     for name in peers.PEERS:  # every default lies in its space
         for base in peers.PEERS[name].spaces:
@@ -211,17 +211,3 @@ def test_absent_peer_is_reported_not_imitated(monkeypatch):
     assert "ghost" not in peers.available()
     with pytest.raises(RuntimeError, match="^Peer ghost is absent$"):
         peers.make("ghost", mlp(), {})
-
-
-def test_warmup_then_cosine_on_every_group():
-    factors = [peers.warmup_cosine(step, 10, 0.2) for step in range(11)]
-    assert factors[:3] == [0.5, 1.0, 1.0]
-    assert factors[2:] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(9)])
-    opt = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))], "lr": 0.1},
-                           {"params": [nn.Parameter(torch.zeros(1))], "lr": 1.0}])
-    schedule = peers.WarmupCosine(opt, total_steps=10, warmup_fraction=0.2)
-    assert [g["lr"] for g in opt.param_groups] == [0.05, 0.5]
-    schedule.step()
-    assert [g["lr"] for g in opt.param_groups] == [0.1, 1.0]
-    with pytest.raises(ValueError, match=r"^Invalid warmup_fraction=1.0: must be in \[0, 1\)$"):
-        peers.WarmupCosine(opt, total_steps=10, warmup_fraction=1.0)

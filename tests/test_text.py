@@ -112,10 +112,10 @@ def test_token_batches_for_the_profiler() -> None:
 def test_train_config_pairs_models_with_their_data() -> None:
     with pytest.raises(TrainConfigError) as e:
         TrainConfig(model="bert-tiny", data="digits")
-    assert str(e.value) == "Invalid data='digits' for model 'bert-tiny': use text or tokens"
+    assert str(e.value) == "Invalid data='digits': model 'bert-tiny' takes text or tokens"
     with pytest.raises(TrainConfigError) as e:
         TrainConfig(model="cnn", data="text")
-    assert str(e.value) == "Invalid data='text' for model 'cnn': use digits or synthetic"
+    assert str(e.value) == "Invalid data='text': model 'cnn' takes digits or synthetic"
 
 
 def test_evaluate_counts_only_masked_tokens() -> None:
@@ -175,7 +175,7 @@ def test_tune_runs_on_bert_tiny(monkeypatch: pytest.MonkeyPatch, tmp_path) -> No
     from thor_planner.tune import TuneConfig, run_tune
 
     small_text(monkeypatch)
-    result = run_tune(TuneConfig(model="bert-tiny", data="text", optimizer="thor-128", graft="adamw", epochs=1,
-                                 target_accuracy=1e-6, trials=1, storage=f"sqlite:///{tmp_path / 't.db'}",
-                                 pruner="none"))
+    train = TrainConfig(model="bert-tiny", data="text", optimizer="thor-128", graft="adamw", epochs=1,
+                        target_accuracy=1e-6)
+    result = run_tune(TuneConfig(train=train, trials=1, storage=f"sqlite:///{tmp_path / 't.db'}", pruner="none"))
     assert result.best.user_attrs["stopped"] == "target" and 1e-4 <= result.best.params["lr"] <= 0.1

@@ -16,10 +16,11 @@ from thor_planner.cli.app import app
 from thor_planner.capture.collector import layer_specs
 from thor_planner.planning.plan import Crossover, LayerPlan, Plan, Schedule
 from thor_planner.utils.progress import Progress
-from thor_planner.training.loop import CSV_COLUMNS, OPTIMIZERS, TrainConfig, TrainConfigError, build_model, train
+from thor_planner.training.loop import CSV_COLUMNS, TrainConfig, TrainConfigError, build_model, train
+from thor_planner.training.optimizers import OPTIMIZERS
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-SUMMARY_KEYS = {"optimizer", "epochs", "seconds", "test_accuracy", "final_loss"}
+SUMMARY_KEYS = {"optimizer", "epochs", "steps", "seconds", "test_accuracy", "final_loss", "stopped"}
 
 
 def hand_plan(model_name: str, split: int) -> Plan:
@@ -52,11 +53,21 @@ def invoke(*args):
         ({"weight_decay": -1.0}, "Invalid weight_decay=-1.0: must be >= 0"),
         ({"momentum": 1.0}, "Invalid momentum=1.0: must be in [0, 1)"),
         ({"optimizer": "lbfgs"}, "Invalid optimizer='lbfgs': use thor, thor-128, kfac, sgd, adamw, mlbfgs or lamb"),
-        ({"model": "vgg"}, "Invalid model='vgg': use cnn, mlp, mlp-wide, resnet18 or bert-tiny"),
-        ({"data": "mnist"}, "Invalid data='mnist': use digits, synthetic, text or tokens"),
+        ({"model": "vgg"}, "Invalid model='vgg': use cnn, mlp, mlp-wide, resnet18, bert-tiny, gpt-tiny or gpt-small"),
+        ({"data": "mnist"}, "Invalid data='mnist': use digits, synthetic, text, tokens or stdlib"),
+        ({"data": "stdlib"}, "Invalid data='stdlib': model 'cnn' takes digits or synthetic"),
+        ({"steps": 0}, "Invalid steps=0: must be >= 1 (or None: epochs set the budget)"),
+        ({"warmup": 1.0}, "Invalid warmup=1.0: must be in [0, 1) (a fraction of the steps)"),
+        ({"model": "gpt-tiny", "data": "stdlib", "target_accuracy": 0.5},
+         "Invalid target_accuracy=0.5: model 'gpt-tiny' is measured in bits per byte: pass target="),
+        ({"model": "gpt-tiny", "data": "stdlib", "target": -1.0},
+         "Invalid target=-1.0: must be > 0 (validation bits per byte)"),
+        ({"optimizer": "sgd", "options": {"betas": (0.9, 0.99)}},
+         "Invalid options={'betas': …}: not options of optimizer 'sgd' (it takes none)"),
         ({"lr_schedule": "step"}, "Invalid lr_schedule='step': use cosine or constant"),
         ({"eval_every": 0}, "Invalid eval_every=0: must be >= 1 (or None: each epoch)"),
         ({"target_accuracy": 1.5}, "Invalid target_accuracy=1.5: must be in (0, 1]"),
+        ({"target": 1.5}, "Invalid target=1.5: must be in (0, 1] (test accuracy)"),
         ({"optimizer": "sgd", "plan": "p.json"},
          "Invalid plan='p.json': a plan applies only to optimizer 'thor', not 'sgd'"),
         ({"graft": "adam"}, "Invalid graft='adam': use 'sgd', 'adamw' or None"),
@@ -161,8 +172,8 @@ def test_cli_plan_for_another_model_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--epochs", "0"], "Invalid epochs=0: must be >= 1"),
-        (["--lr", "0"], "Invalid lr=0.0: must be > 0"),
+        (["--epochs", "0"], "Invalid --epochs=0: must be >= 1"),
+        (["--lr", "0"], "Invalid --lr=0.0: must be > 0"),
         (["--optimizer", "thor", "--plan", "missing.json"],
          "Plan file 'missing.json' not found: pass the plan.json written by 'thor-plan profile'"),
         (["--optimizer", "sgd", "--out", "no/such/folder/run.csv"],

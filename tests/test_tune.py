@@ -17,16 +17,23 @@ from thor_planner.optim import THOR
 from thor_planner.planning.measurements import Measurements
 from thor_planner.planning.planner import make_plan
 from thor_planner.planning.plan import Plan, Schedule
-from thor_planner.training.loop import build_model
+from thor_planner.training.loop import TrainConfig, build_model
 from thor_planner.tune import TuneConfig, TuneError, TuneInterrupted, run_tune, write_outputs
-from thor_planner.tune.tuner import UNREACHED_PENALTY, trial_value
+from thor_planner.tune.tuner import UNREACHED_PENALTY, rescore, trial_value
 from thor_planner.utils.progress import Progress
 
 optuna = pytest.importorskip("optuna")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-#: sgd on the mlp, 2 epochs, target 85%: trials 0, 1 and 3 reach it, the median pruner stops trial 2
-#: after its first epoch (seed 0 asks the same learning rates every time).
-SGD = dict(model="mlp", optimizer="sgd", epochs=2, target_accuracy=0.85)
+#: sgd on the mlp, 2 epochs, target 85%: trials 0 and 1 reach it, the median pruner stops trial 2
+#: after its first epoch (seed 3 asks the same parameters every time).
+SGD = dict(model="mlp", optimizer="sgd", epochs=2, target_accuracy=0.85, seed=3)
+
+
+def tune_config(*, trials: int, storage: str, study: str | None = None, pruner: str = "median",
+                sampler: str = "tpe", **train) -> TuneConfig:
+    """A TuneConfig whose base run is ``TrainConfig(**train)``."""
+    return TuneConfig(train=TrainConfig(**train), trials=trials, storage=storage, study=study, pruner=pruner,
+                      sampler=sampler)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,21 +72,34 @@ def trials_of(url: str, study: str) -> list:
     return optuna.load_study(study_name=study, storage=url).get_trials()
 
 
-def test_objective_orders_unreached_trials_after_reached_ones_by_accuracy() -> None:
-    assert trial_value(12.5, 0.97) == 12.5
-    assert trial_value(None, 0.9) == UNREACHED_PENALTY + 0.1
-    assert trial_value(None, 0.9) < trial_value(None, 0.8)
-    assert trial_value(UNREACHED_PENALTY - 1, 0.97) < trial_value(None, 1.0)
+def test_objective_orders_unreached_trials_after_reached_ones_by_their_shortfall() -> None:
+    assert trial_value(12.5, 0.97, 0.97, "max") == 12.5
+    assert trial_value(None, 0.9, 1.0, "max") == UNREACHED_PENALTY + 0.1
+    assert trial_value(None, 0.9, 1.0, "max") < trial_value(None, 0.8, 1.0, "max")
+    assert trial_value(UNREACHED_PENALTY - 1, 0.97, 0.97, "max") < trial_value(None, 1.0, 1.0, "max")
+    assert trial_value(None, 2.5, 2.0, "min") == UNREACHED_PENALTY + 0.5  # bits per byte: lower is better
+    assert trial_value(None, 2.4, 2.0, "min") < trial_value(None, 2.5, 2.0, "min")
+
+
+def test_a_stored_curve_is_rescored_for_another_target() -> None:
+    class Trial:
+        user_attrs = {"curve": [[10, 1.0, 0.5], [20, 2.0, 0.8], [30, 3.0, 0.9]]}
+
+    assert rescore(Trial, 0.8, "max") == 2.0
+    assert rescore(Trial, 0.95, "max") == pytest.approx(UNREACHED_PENALTY + 0.05)
+    assert rescore(Trial, 0.6, "min") == 1.0
+    Trial.user_attrs = {}
+    assert rescore(Trial, 0.8, "max") is None
 
 
 def test_study_resumes_in_sqlite_counts_both_runs_and_records_pruned_trials(tmp_path: Path) -> None:
     url = storage(tmp_path)
-    first = run_tune(TuneConfig(**SGD, trials=3, storage=url, study="s"))
+    first = run_tune(tune_config(**SGD, trials=3, storage=url, study="s"))
     assert first.new_trials == 3 and first.counts == {"complete": 2, "pruned": 1, "fail": 0}
     pruned = [t for t in trials_of(url, "s") if t.state.name == "PRUNED"]
     assert [t.number for t in pruned] == [2]
     assert list(pruned[0].intermediate_values) == [45]  # stopped after its first epoch (45 steps)
-    second = run_tune(TuneConfig(**SGD, trials=2, storage=url, study="s"))
+    second = run_tune(tune_config(**SGD, trials=2, storage=url, study="s"))
     trials = trials_of(url, "s")
     assert second.new_trials == 2 and len(trials) == 5 and [t.number for t in trials] == [0, 1, 2, 3, 4]
     assert sum(second.counts.values()) == 5
@@ -92,11 +112,11 @@ def test_study_resumes_in_sqlite_counts_both_runs_and_records_pruned_trials(tmp_
 def test_fixed_seed_gives_the_same_parameter_sequence(tmp_path: Path) -> None:
     runs = []
     for name in ("a.db", "b.db"):
-        result = run_tune(TuneConfig(model="mlp", optimizer="adamw", epochs=1, target_accuracy=0.3, trials=3,
-                                     storage=storage(tmp_path, name), pruner="none", seed=7))
+        result = run_tune(tune_config(model="mlp", optimizer="adamw", epochs=1, target_accuracy=0.3, trials=3,
+                                      storage=storage(tmp_path, name), pruner="none", seed=7))
         runs.append([t.params for t in result.study.get_trials()])
     assert runs[0] == runs[1] and len({json.dumps(p) for p in runs[0]}) == 3
-    other = run_tune(TuneConfig(model="mlp", optimizer="adamw", epochs=1, target_accuracy=0.3, trials=1,
+    other = run_tune(tune_config(model="mlp", optimizer="adamw", epochs=1, target_accuracy=0.3, trials=1,
                                 storage=storage(tmp_path, "c.db"), pruner="none", seed=8))
     assert other.study.get_trials()[0].params != runs[0][0]
 
@@ -118,9 +138,7 @@ def test_tuned_plan_loads_into_thor_and_report_carries_the_figures(tmp_path: Pat
     assert tuning["storage"] == storage(tmp_path) and tuning["value"] == best.value
     assert plan.schedule != Schedule()
     assert plan.schedule.damping_init == best.params["damping_init"]
-    assert plan.schedule.omega2 == pytest.approx(best.params["omega2_ratio"] * best.params["omega1"])
     assert plan.rule["loss_threshold"] == best.params["loss_threshold"]
-    assert all(lp.omega1 == best.params["omega1"] for lp in plan.layers)
     opt = THOR(build_model("mlp"), plan, lr=best.params["lr"])
     assert opt.schedule == plan.schedule
     page = (out / "report.html").read_text()
@@ -140,7 +158,7 @@ def test_ctrl_c_keeps_finished_trials(tmp_path: Path) -> None:
 
     url = storage(tmp_path)
     with pytest.raises(TuneInterrupted) as stop:
-        run_tune(TuneConfig(model="mlp", optimizer="sgd", epochs=1, target_accuracy=0.3, trials=3, storage=url),
+        run_tune(tune_config(model="mlp", optimizer="sgd", epochs=1, target_accuracy=0.3, trials=3, storage=url),
                  StopAfterFirstTrial())
     assert stop.value.finished == 1
     assert [t.state.name for t in trials_of(url, "mlp-digits-sgd")] == ["COMPLETE"]
@@ -173,7 +191,7 @@ def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path: Path, monkey
         return real_train(config, progress, on_eval=on_eval)
 
     monkeypatch.setattr(tuner, "train", train_failing_once)
-    result = run_tune(TuneConfig(model="mlp", optimizer="sgd", epochs=1, target_accuracy=0.3, trials=3,
+    result = run_tune(tune_config(model="mlp", optimizer="sgd", epochs=1, target_accuracy=0.3, trials=3,
                                  storage=storage(tmp_path), pruner="none"))
     assert [t.state.name for t in result.study.get_trials()] == ["COMPLETE", "FAIL", "COMPLETE"]
     assert result.counts == {"complete": 2, "pruned": 0, "fail": 1} and result.best.number in (0, 2)
@@ -200,15 +218,15 @@ def test_bad_storage_urls(tmp_path: Path) -> None:
 
 def test_study_made_for_another_optimizer_or_space_is_refused(tmp_path: Path) -> None:
     url, out = storage(tmp_path), tmp_path / "out"
-    run_tune(TuneConfig(model="mlp", optimizer="sgd", epochs=1, target_accuracy=0.3, trials=1, storage=url,
+    run_tune(tune_config(model="mlp", optimizer="sgd", epochs=1, target_accuracy=0.3, trials=1, storage=url,
                         study="s"))
     _fails(invoke("--model", "mlp", "--optimizer", "adamw", "--trials", "1", "--storage", url, "--study", "s",
                   "--out", out),
            f"Study 's' in '{url}' tunes optimizer 'sgd', not 'adamw': pick another --study name", out)
     _fails(invoke("--model", "mlp", "--optimizer", "sgd", "--epochs", "2", "--target-accuracy", "0.3", "--trials",
                   "1", "--storage", url, "--study", "s", "--out", out),
-           f"Study 's' in '{url}' was made with another search space or objective (model, data, epochs, target "
-           "accuracy or batch size differ): pick another --study name", out)
+           f"Study 's' in '{url}' was made with another search space or objective (model, data, budget, batch size, "
+           "evaluation interval or seed differ): pick another --study name", out)
     assert len(trials_of(url, "s")) == 1
 
 
@@ -220,15 +238,39 @@ def test_zero_trials_and_missing_optuna(tmp_path: Path, monkeypatch: pytest.Monk
            "optuna is not installed: pip install 'thor-plan[tune]'", out)
 
 
-def test_target_never_reached(tmp_path: Path) -> None:
+def test_target_never_reached_writes_the_closest_trial_and_another_target_is_scored_without_training(
+        tmp_path: Path) -> None:
     url, out = storage(tmp_path), tmp_path / "out"
-    result = invoke("--model", "mlp", "--optimizer", "sgd", "--epochs", "1", "--target-accuracy", "1", "--trials",
-                    "1", "--storage", url, "--out", out)
-    (trial,) = trials_of(url, "mlp-digits-sgd")
-    accuracy = trial.user_attrs["final_accuracy"]
-    assert trial.value == pytest.approx(UNREACHED_PENALTY + 1 - accuracy)
-    _fails(result, f"No trial of study 'mlp-digits-sgd' reached test accuracy 1 within 1 epochs (best final "
-                   f"accuracy {accuracy:.4f}): raise --epochs, lower --target-accuracy or run more --trials", out)
+    result = invoke("--model", "mlp", "--optimizer", "sgd", "--epochs", "1", "--eval-every", "15",
+                    "--target-accuracy", "1", "--trials", "2", "--storage", url, "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    trials = trials_of(url, "mlp-digits-sgd")
+    finals = [t.user_attrs["final"] for t in trials]
+    assert [t.value for t in trials] == pytest.approx([UNREACHED_PENALTY + 1 - f for f in finals])
+    summary = json.loads(result.stdout)
+    assert summary["reached"] is False and summary["best_final"] == max(finals)
+    assert sorted(p.name for p in out.iterdir()) == ["best.json", "report.html"]
+    message = " ".join(ANSI.sub("", result.stderr).split())
+    assert (f"no trial reached accuracy 1 within 1 epochs; the closest ended at {max(finals):.4f} (written as the "
+            "best). To reach it: raise --epochs or --steps, run more --trials, or re-score this study with another "
+            "--target (no training again)") in message
+    # the same study for a target the curves reach: no trial is trained again
+    curves = [t.user_attrs["curve"] for t in trials]
+    low = min(c[1][2] for c in curves)  # every trial's second evaluation reaches it
+    again = run_tune(tune_config(model="mlp", optimizer="sgd", epochs=1, eval_every=15, target_accuracy=low,
+                                 trials=1, storage=url, pruner="none"))
+    firsts = [next(s for _, s, v in c if v >= low) for c in curves]
+    assert again.reached and again.best_seconds == pytest.approx(min(firsts + [again.best_seconds]))
+    assert len(trials_of(url, "mlp-digits-sgd")) == 3
+
+
+def test_a_refused_plan_leaves_no_study(tmp_path: Path) -> None:
+    url, out = storage(tmp_path), tmp_path / "out"
+    plan = tmp_path / "plan.json"
+    plan.write_text("{}")
+    result = invoke("--model", "mlp", "--plan", plan, "--trials", "1", "--storage", url, "--out", out)
+    assert result.exit_code == 2
+    assert optuna.get_all_study_summaries(storage=url) == []
 
 
 def test_train_config_takes_a_schedule_only_for_thor_variants() -> None:
@@ -243,19 +285,26 @@ def test_train_config_takes_a_schedule_only_for_thor_variants() -> None:
 
 
 def test_library_refuses_bad_configs() -> None:
+    from thor_planner.training.loop import TrainConfigError
+
     with pytest.raises(TuneError, match=r"^Invalid trials=0: must be >= 1$"):
         TuneConfig(trials=0)
-    with pytest.raises(TuneError, match=r"^Invalid plan='p.json': a plan applies only to optimizer 'thor', not 'sgd'$"):
-        TuneConfig(optimizer="sgd", plan="p.json")
+    with pytest.raises(TrainConfigError, match=r"^Invalid plan='p.json': a plan applies only to optimizer 'thor', "
+                                               r"not 'sgd'$"):
+        TrainConfig(optimizer="sgd", plan="p.json")
+    with pytest.raises(TuneError, match=r"^Invalid target=None: the tuner minimises the time to a target; set "
+                                        r"target \(bits per byte\)$"):
+        TuneConfig(train=TrainConfig(model="gpt-tiny", data="stdlib"))
 
 
 def test_outputs_for_a_baseline_have_no_plan(tmp_path: Path) -> None:
-    result = run_tune(TuneConfig(model="mlp", optimizer="mlbfgs", epochs=1, target_accuracy=0.2, trials=2,
+    result = run_tune(tune_config(model="mlp", optimizer="mlbfgs", epochs=1, target_accuracy=0.2, trials=2,
                                  storage=storage(tmp_path), pruner="none"))
     write_outputs(tmp_path, result)
     best = json.loads((tmp_path / "best.json").read_text())
     assert best["optimizer"] == "mlbfgs" and set(best["params"]) == {"lr", "momentum", "history_size",
                                                                      "update_every", "damping"}
+    assert best["reached"] is True and best["seconds_to_target"] == result.best_seconds
     assert not (tmp_path / "plan.json").exists() and (tmp_path / "report.html").is_file()
 
 
@@ -266,14 +315,11 @@ def test_adamw_grafted_thor_tunes_in_adamw_learning_rates(tmp_path: Path) -> Non
     assert (lrs["sgd"].low, lrs["sgd"].high) == (1e-3, 1.0) and (lrs["adamw"].low, lrs["adamw"].high) == (1e-4, 0.1)
     assert [p.name for p in space("thor", "adamw")] == [p.name for p in space("thor")]
     assert signature("thor", {}, "adamw") != signature("thor", {})
-    params = {"lr": 1e-3, "damping_init": 0.03, "damping_decay": 1.0, "omega1": 0.01, "omega2_ratio": 0.5,
-              "factor_every": 10, "interval_initial": 10, "interval_growth": 2.0}
-    assert train_options("kfac", params, 45, "adamw")["graft"] == "adamw"
-    assert "graft" not in train_options("kfac", params, 45)
-    with pytest.raises(TuneError, match=r"^Invalid graft='adamw': grafting applies only to thor, thor-128 and "
-                                        r"kfac, not 'sgd'$"):
-        TuneConfig(optimizer="sgd", graft="adamw")
-    result = run_tune(TuneConfig(model="mlp", optimizer="thor-128", graft="adamw", epochs=1, target_accuracy=0.2,
+    params = {"lr": 1e-3, "damping_init": 0.03, "weight_decay": 1e-4, "warmup": 0.1}
+    assert train_options("kfac", params, "adamw")["graft"] == "adamw"
+    assert "graft" not in train_options("kfac", params)
+    assert train_options("kfac", params)["schedule"] == Schedule(damping_init=0.03)
+    result = run_tune(tune_config(model="mlp", optimizer="thor-128", graft="adamw", epochs=1, target_accuracy=0.2,
                                  trials=1, storage=storage(tmp_path), pruner="none"))
     assert result.config.study_name == "mlp-digits-thor-128-adamw"
     assert 1e-4 <= result.best.params["lr"] <= 0.1

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 
-from thor_planner.utils.errors import UserError
+from thor_planner.utils.errors import ConfigError, UserError
 from thor_planner.utils.progress import Progress
 
 console = Console(soft_wrap=True)
@@ -81,11 +81,19 @@ def first_missing(folder: Path) -> Path | None:
     return missing
 
 
+def flag(argument: str) -> str:
+    """The command-line flag of a library argument (``batch_size`` → ``--batch-size``)."""
+    return "--" + argument.replace("_", "-")
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a :class:`UserError` into a one-line message and exit code 2."""
+    """Turn a :class:`UserError` into a one-line message and exit code 2 (an invalid argument is named
+    by its flag)."""
     try:
         yield
+    except ConfigError as exc:
+        fail(exc.render(flag(exc.argument)))
     except UserError as exc:
         fail(str(exc))
     except KeyboardInterrupt as exc:

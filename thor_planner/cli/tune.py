@@ -19,6 +19,14 @@ class PrunerChoice(str, Enum):
     none = "none"
 
 
+DEFAULT_TARGET_ACCURACY = 0.97
+
+
+class SamplerChoice(str, Enum):
+    tpe = "tpe"
+    qmc = "qmc"
+
+
 def _remove_empty(folder: Path, outermost: Path | None) -> None:
     """Remove ``folder`` and its parents up to ``outermost`` while they are empty (a failed run)."""
     if outermost is None:
@@ -32,46 +40,47 @@ def _remove_empty(folder: Path, outermost: Path | None) -> None:
 
 
 def tune_cmd(
-    model: TrainModelChoice = typer.Option(TrainModelChoice.cnn, "--model", "-m", help="The model to train (as in 'thor-plan train')."),
-    data: TrainDataChoice = typer.Option(TrainDataChoice.digits, "--data", help="Training data (as in 'thor-plan train')."),
-    optimizer: OptimizerChoice = typer.Option(OptimizerChoice.thor, "--optimizer", help="Whose search space to tune: thor (also re-plans the loss threshold), thor-128, kfac, sgd, adamw, mlbfgs or lamb."),
+    model: TrainModelChoice = typer.Option("cnn", "--model", "-m", help="The model to train (as in 'thor-plan train')."),
+    data: TrainDataChoice = typer.Option("digits", "--data", help="Training data (as in 'thor-plan train')."),
+    optimizer: OptimizerChoice = typer.Option("thor", "--optimizer", help="Whose search space to tune (each optimizer has its own; see the README): thor (also re-plans the loss threshold), thor-128, kfac, sgd, adamw, mlbfgs, lamb."),
     plan: Path = typer.Option(None, "--plan", help="thor: a plan.json written by 'thor-plan profile' (its folder's losses.csv and timings.csv are re-planned from); without it the model is profiled first."),
     trials: int = typer.Option(20, "--trials", "-n", help="Trials to run now (added to the study's earlier ones)."),
     timeout: float = typer.Option(None, "--timeout", help="Stop starting trials after this many seconds."),
     storage: str = typer.Option("sqlite:///tune.db", "--storage", help="optuna RDB URL: sqlite:///FILE (one machine) or postgresql:// / mysql:// for many workers on one study."),
-    study: str = typer.Option(None, "--study", help="Study name (default: MODEL-DATA-OPTIMIZER); an existing study is continued."),
+    study: str = typer.Option(None, "--study", help="Study name (default: MODEL-DATA-OPTIMIZER); an existing study is continued, also for another --target."),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: tuned/STUDY): best.json, report.html and, for thor, plan.json."),
     epochs: int = typer.Option(10, "--epochs", help="At most this many epochs per trial."),
-    target_accuracy: float = typer.Option(0.97, "--target-accuracy", help="Test accuracy whose training time is minimised."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the TPE sampler and of every trial's training."),
+    steps: int = typer.Option(None, "--steps", help="At most this many steps per trial (replaces --epochs; the causal LMs' budget)."),
+    target: float = typer.Option(None, "--target", help="The target whose training time is minimised: test accuracy (default 0.97), or validation bits per byte for gpt-tiny / gpt-small (required there)."),
+    target_accuracy: float = typer.Option(None, "--target-accuracy", help="The same as --target for models measured in accuracy."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampler and of every trial's training."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Samples (sequences for language models) per step."),
     eval_every: int = typer.Option(None, "--eval-every", help="Also evaluate every N steps (default: once per epoch)."),
     graft: str = typer.Option("sgd", "--graft", help="thor, thor-128, kfac: sgd (SGD's step lengths and lr range) or adamw (THOR as a drop-in for AdamW, AdamW's lr range: for transformers)."),
-    pruner: PrunerChoice = typer.Option(PrunerChoice.median, "--pruner", help="median: stop a trial whose test error is worse than the median of earlier trials at the same step; none."),
+    pruner: PrunerChoice = typer.Option(PrunerChoice.median, "--pruner", help="median: stop a trial whose error is worse than the median of earlier trials at the same step; none."),
+    sampler: SamplerChoice = typer.Option(SamplerChoice.tpe, "--sampler", help="tpe (model-based after 5 random trials) or qmc (quasi-random Sobol points, as AlgoPerf's search)."),
     json_out: bool = typer.Option(False, "--json", help="Print only one JSON summary line on stdout (everything else goes to stderr)."),
 ) -> None:
-    """Tune the learning rate, THOR's damping, trace thresholds and intervals (or a baseline's
-    hyperparameters) for the shortest training time to a target test accuracy.
+    """Tune the learning rate, weight decay, warm-up and THOR's damping (or a baseline's
+    hyperparameters) for the shortest training time to a target.
 
-    Writes OUT/plan.json (thor: the profile's plan with the best schedule and its provenance), OUT/best.json and OUT/report.html (optuna's figures beside the plan's own).
+    Always ends with the best trial: OUT/best.json, OUT/report.html and, for thor, OUT/plan.json (the profile's plan with the best schedule and its provenance). When no trial reached the target, the closest one is written and the command says what to change.
     """
     from thor_planner.profiling.outputs import check_writable
+    from thor_planner.training.loop import TrainConfig
+    from thor_planner.training.workloads import TRAIN_MODELS
     from thor_planner.tune import TuneConfig, TuneInterrupted, run_tune, write_outputs
-    from thor_planner.tune.study import TuneError, import_optuna
+    from thor_planner.tune.study import import_optuna
 
     with user_errors():
-        if trials < 1:
-            raise TuneError(f"Invalid --trials={trials}: must be >= 1")
-        if timeout is not None and not timeout > 0:
-            raise TuneError(f"Invalid --timeout={timeout:g}: must be > 0 seconds")
-        if not 0 < target_accuracy <= 1:
-            raise TuneError(f"Invalid --target-accuracy={target_accuracy:g}: must be in (0, 1], e.g. 0.97")
-        if plan is not None and optimizer is not OptimizerChoice.thor:
-            raise TuneError(f"--plan applies only to --optimizer thor, not {optimizer.value}: drop --plan")
         import_optuna()
-        config = TuneConfig(model=model.value, data=data.value, optimizer=optimizer.value, plan=plan,
-                            trials=trials, timeout=timeout, storage=storage, study=study, epochs=epochs,
-                            target_accuracy=target_accuracy, seed=seed, eval_every=eval_every, pruner=pruner.value,
-                            graft=graft)
+        if target is None and target_accuracy is None and TRAIN_MODELS[model.value].task.metric == "accuracy":
+            target_accuracy = DEFAULT_TARGET_ACCURACY
+        train = TrainConfig(model=model.value, data=data.value, optimizer=optimizer.value, plan=plan, epochs=epochs,
+                            steps=steps, batch_size=batch_size, seed=seed, eval_every=eval_every, target=target,
+                            target_accuracy=target_accuracy, graft=graft)
+        config = TuneConfig(train=train, trials=trials, timeout=timeout, storage=storage, study=study,
+                            pruner=pruner.value, sampler=sampler.value)
         folder = out or Path("tuned") / config.study_name
         first_created = None  # the outermost folder this run creates, removed again if left empty
         for candidate in (folder, *folder.parents):
@@ -88,18 +97,31 @@ def tune_cmd(
             sys.exit(130)
         finally:
             _remove_empty(folder, first_created)
-    summary = result.summary()
+    _report(result, folder, written, json_out)
+
+
+def _report(result, folder: Path, written: list[Path], json_out: bool) -> None:
+    summary, config = result.summary(), result.config
+    t = config.train
     lines = err_console if json_out else console
+    metric = t.task.metric.replace("_", " ")
     lines.print(escape(f"Wrote {', '.join(str(p) for p in written)}"), highlight=False)
-    seconds = summary["best_seconds"]
-    lines.print(escape(f"{config.study_name}: best trial {summary['best_trial']} of {summary['trials']} "
-                       f"({summary['complete']} complete, {summary['pruned']} pruned, {summary['fail']} failed; "
-                       f"{summary['new_trials']} new): {seconds:.2f} s to test accuracy {target_accuracy:g}"),
-                highlight=False)
+    head = (f"{config.study_name}: best trial {summary['best_trial']} of {summary['trials']} "
+            f"({summary['complete']} complete, {summary['pruned']} pruned, {summary['fail']} failed; "
+            f"{summary['new_trials']} new)")
+    if result.reached:
+        lines.print(escape(f"{head}: {result.best_seconds:.2f} s to {metric} {t.target:g}"), highlight=False)
+    else:
+        budget = f"{t.steps} steps" if t.steps else f"{t.epochs} epochs"
+        lines.print(escape(f"{head}: no trial reached {metric} {t.target:g} within {budget}; the closest ended at "
+                           f"{result.best_value:.4f} (written as the best). To reach it: raise --epochs or --steps, "
+                           "run more --trials, or re-score this study with another --target (no training again)"),
+                    highlight=False)
     if result.plan is not None:
-        lines.print(escape(f"Train with it: thor-plan train --model {model.value} --data {data.value} --optimizer thor "
-                           f"--plan {folder / 'plan.json'} --lr {summary['best_params']['lr']:.4g} --epochs {epochs}"
-                           + ("" if graft == "sgd" else f" --graft {graft}")),
+        budget = f"--steps {t.steps}" if t.steps else f"--epochs {t.epochs}"
+        lines.print(escape(f"Train with it: thor-plan train --model {t.model} --data {t.data} --optimizer thor "
+                           f"--plan {folder / 'plan.json'} --lr {summary['best_params']['lr']:.4g} {budget}"
+                           + ("" if t.graft == "sgd" else f" --graft {t.graft}")),
                     highlight=False)
     if json_out:
         typer.echo(json.dumps(summary))

@@ -158,21 +158,8 @@ def check_model_takes(loaded: LoadedModel, model: torch.nn.Module, source: Batch
         check_batches(data, source.batches, int(out.shape[-1]))
 
 
-def run_profile(cfg: ProfileConfig, progress: Progress = Progress(),
-                monitor: BusyMonitor | None = None) -> tuple[Measurements, CapturedFactors]:
-    """Measure everything the planner needs; nothing is written here.
-
-    With ``cfg.device_profile`` the inversion timings are predicted from that profile (rows marked
-    ``predicted``) and no training step is timed (``step_seconds`` is ``None``: the budget rule
-    needs a step measured on the target device). Timings go through ``monitor`` (a default
-    :class:`BusyMonitor` if none), which repeats measurements disturbed by other processes; its
-    findings are the device section's ``busy``.
-    """
-    device = resolve_device(cfg.device)
-    monitor = monitor or BusyMonitor()
-    profile = load_device_profile(cfg.device_profile) if cfg.device_profile else None
-    check_backend_for(cfg.backend, str(profile.device["type"]) if profile is not None else device.type)
-    loaded = load_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights)
+def _check_plannable(cfg: ProfileConfig, loaded: LoadedModel) -> list:
+    """The layers to plan (refusing a model or ``--skip`` that leaves none)."""
     specs, _ = find_layers(loaded.model, skip_pattern(cfg.skip, loaded.planner_skips))
     if not specs:
         every = find_layers(loaded.model)[0]
@@ -181,17 +168,12 @@ def run_profile(cfg: ProfileConfig, progress: Progress = Progress(),
                             "nothing is left to plan; narrow the regular expression")
         raise UserError(f"Model '{loaded.name}' has no Conv2d or Linear layer to precondition: "
                         "thor-plan plans those layers only")
-    max_dim = max(max(s.a_dim, s.g_dim) for s in specs)
-    wanted = usable_candidates(cfg.candidates, max_dim, loaded.name, progress) if cfg.candidates else None
-    shape = input_shape_for(loaded, cfg.input_size)
-    if shape is None and cfg.data == "synthetic":
-        raise UserError(f"Model '{cfg.model}' has no known input shape: pass --input-size N "
-                        "(images 3×N×N) or real batches with --data")
-    source = load_batches(cfg.data, input_shape=shape, num_classes=loaded.num_classes,
-                          batch_size=cfg.batch_size, batches=cfg.batches, seed=cfg.seed,
-                          vocab_size=loaded.vocab_size, objective=loaded.objective)
-    model = loaded.model.to(device)
-    check_model_takes(loaded, model, source, cfg.data, device)
+    return specs
+
+
+def _capture(cfg: ProfileConfig, loaded: LoadedModel, model: torch.nn.Module, source: BatchSource,
+             device: torch.device, progress: Progress) -> CapturedFactors:
+    """The factors of ``source``'s batches, with the model's own reasons for skipped layers."""
     torch.manual_seed(cfg.seed)
     with progress.stage("capture factors", len(source.batches)) as advance:
         captured = capture_factors(model, source.batches, fisher=cfg.fisher,
@@ -202,38 +184,37 @@ def run_profile(cfg: ProfileConfig, progress: Progress = Progress(),
             entry["reason"] = loaded.planner_skips[entry["name"]]
         elif entry["reason"].startswith("matched --skip"):
             entry["reason"] = f"matched --skip {cfg.skip!r}"
-    named = [(s.name, s.kind, w, f) for s in captured.specs
-             for w, f in (("a", captured.a[s.name]), ("g", captured.g[s.name]))]
-    max_dim = max(f.shape[0] for *_, f in named)
-    candidates = wanted or default_candidates(max_dim, cfg.max_split)
-    with progress.stage("information loss", len(named)) as advance:
-        # on the CPU wherever the factors were captured: the batched small eigensolves are
-        # launch-bound on a GPU (an H100 took longer than two CPU cores), and the losses then do not
-        # depend on the device's eigensolver
-        losses = loss_table([(n, k, w, f.cpu()) for n, k, w, f in named], candidates, progress=advance)
-    factors = [f for *_, f in named]
+    return captured
+
+
+def _timings(cfg: ProfileConfig, factors: list[torch.Tensor], candidates: list[int], model: torch.nn.Module,
+             batch, device: torch.device, profile, monitor: BusyMonitor, progress: Progress):
+    """``(timing rows, device section, training-step seconds)``: predicted from a device profile, or
+    measured here (accuracy-checked backends, batched inversions per candidate, one training step)."""
     dims = [f.shape[0] for f in factors]
     if profile is not None:
         backend = cfg.backend or default_backend(str(profile.device["type"]))
         rows, chosen = predict_candidates(profile, dims, candidates, backend)
-        device_section = {**predicted_device_fields(profile, backend, chosen), "capture_device": device.type}
-        step_times: list[float] = []
-    else:
-        backend = cfg.backend or default_backend(device.type)
-        info = device_info(device, backend)
-        cache = backend_cache_for(device, info, backend, cfg.timing.damping)
-        with watching(monitor):
-            with progress.stage("backend check", len(network_counts(dims, candidates))) as advance:
-                selection = select_for_model(dims, candidates, backend, device, advance, cache=cache,
-                                             refresh=cfg.refresh_backends, damping=cfg.timing.damping)
-            with progress.stage("inversion timing", len(candidates)) as advance:
-                rows = time_candidates(factors, candidates, backends=selection.backends, config=cfg.timing,
-                                       progress=advance)
-            with progress.stage("training step", 1) as advance:
-                step_times = time_training_step(model, source.batches[0], device=device)
-                advance()
-        device_section = {**info, **selection.device_fields(), "busy": monitor.fields()}
-    meta = {
+        return rows, {**predicted_device_fields(profile, backend, chosen), "capture_device": device.type}, []
+    backend = cfg.backend or default_backend(device.type)
+    info = device_info(device, backend)
+    cache = backend_cache_for(device, info, backend, cfg.timing.damping)
+    with watching(monitor):
+        with progress.stage("backend check", len(network_counts(dims, candidates))) as advance:
+            selection = select_for_model(dims, candidates, backend, device, advance, cache=cache,
+                                         refresh=cfg.refresh_backends, damping=cfg.timing.damping)
+        with progress.stage("inversion timing", len(candidates)) as advance:
+            rows = time_candidates(factors, candidates, backends=selection.backends, config=cfg.timing,
+                                   progress=advance)
+        with progress.stage("training step", 1) as advance:
+            step_times = time_training_step(model, batch, device=device)
+            advance()
+    return rows, {**info, **selection.device_fields(), "busy": monitor.fields()}, step_times
+
+
+def _meta(cfg: ProfileConfig, loaded: LoadedModel, source: BatchSource, shape, device_section: dict,
+          step_times: list[float], captured: CapturedFactors) -> dict:
+    return {
         "tool_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {"name": loaded.name, "source": loaded.source, "num_params": loaded.num_params},
@@ -246,5 +227,45 @@ def run_profile(cfg: ProfileConfig, progress: Progress = Progress(),
         "step_repeats": len(step_times),
         "skipped": captured.skipped,
     }
+
+
+def run_profile(cfg: ProfileConfig, progress: Progress = Progress(),
+                monitor: BusyMonitor | None = None) -> tuple[Measurements, CapturedFactors]:
+    """Measure everything the planner needs; nothing is written here.
+
+    With ``cfg.device_profile`` the inversion timings are predicted from that profile (rows marked
+    ``predicted``) and no training step is timed (``step_seconds`` is ``None``: the budget rule
+    needs a step measured on the target device). Timings go through ``monitor`` (a default
+    :class:`BusyMonitor` if none), which repeats measurements disturbed by other processes; its
+    findings are the device section's ``busy``.
+    """
+    device = resolve_device(cfg.device)
+    profile = load_device_profile(cfg.device_profile) if cfg.device_profile else None
+    check_backend_for(cfg.backend, str(profile.device["type"]) if profile is not None else device.type)
+    loaded = load_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights)
+    specs = _check_plannable(cfg, loaded)
+    max_dim = max(max(s.a_dim, s.g_dim) for s in specs)
+    wanted = usable_candidates(cfg.candidates, max_dim, loaded.name, progress) if cfg.candidates else None
+    shape = input_shape_for(loaded, cfg.input_size)
+    if shape is None and cfg.data == "synthetic":
+        raise UserError(f"Model '{cfg.model}' has no known input shape: pass --input-size N "
+                        "(images 3×N×N) or real batches with --data")
+    source = load_batches(cfg.data, input_shape=shape, num_classes=loaded.num_classes,
+                          batch_size=cfg.batch_size, batches=cfg.batches, seed=cfg.seed,
+                          vocab_size=loaded.vocab_size, objective=loaded.objective)
+    model = loaded.model.to(device)
+    check_model_takes(loaded, model, source, cfg.data, device)
+    captured = _capture(cfg, loaded, model, source, device, progress)
+    named = [(s.name, s.kind, w, f) for s in captured.specs
+             for w, f in (("a", captured.a[s.name]), ("g", captured.g[s.name]))]
+    candidates = wanted or default_candidates(max(f.shape[0] for *_, f in named), cfg.max_split)
+    with progress.stage("information loss", len(named)) as advance:
+        # on the CPU wherever the factors were captured: the batched small eigensolves are
+        # launch-bound on a GPU (an H100 took longer than two CPU cores), and the losses then do not
+        # depend on the device's eigensolver
+        losses = loss_table([(n, k, w, f.cpu()) for n, k, w, f in named], candidates, progress=advance)
+    rows, device_section, step_times = _timings(cfg, [f for *_, f in named], candidates, model, source.batches[0],
+                                                device, profile, monitor or BusyMonitor(), progress)
+    meta = _meta(cfg, loaded, source, shape, device_section, step_times, captured)
     frame = pd.DataFrame([t.row() for t in rows])
     return Measurements(losses=losses, timings=frame, meta=meta), captured

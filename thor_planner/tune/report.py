@@ -45,14 +45,14 @@ def study_figures(result: TuneResult) -> dict[str, go.Figure]:
     from optuna.importance import FanovaImportanceEvaluator
     from optuna.visualization import plot_optimization_history, plot_parallel_coordinate, plot_param_importances
 
-    study, name = result.study, "seconds to target (unreached: 1e6 + error)"
+    study, name = result.study, "seconds to target (unreached: 1e6 + shortfall)"
     history = plot_optimization_history(study, target_name=name)
     history.update_yaxes(type="log")
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     # importances and parallel coordinates on log10(value): reached trials spread out, unreached ones sit at ≥ 6
     log_name = "log10 seconds to target (unreached ≥ 6)"
     try:
-        importance = plot_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=result.config.seed),
+        importance = plot_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=result.config.train.seed),
                                             target=_log_value, target_name=log_name)
     except (ImportError, RuntimeError, ValueError) as exc:  # sklearn missing, too few or identical trials
         importance = _note_figure("Hyperparameter Importances",
@@ -71,28 +71,32 @@ def _trials_table(result: TuneResult) -> str:
     rows = []
     for t in result.study.get_trials(deepcopy=False):
         secs = t.user_attrs.get("target_seconds")
-        acc = t.user_attrs.get("final_accuracy", t.user_attrs.get("last_accuracy"))
+        acc = t.user_attrs.get("final", t.user_attrs.get("final_accuracy"))
         value = "–" if t.value is None else (f"{t.value:.3f}" if t.value < UNREACHED_PENALTY else
                                              f"1e6 + {t.value - UNREACHED_PENALTY:.4f}")
         rows.append(f"<tr><td>{t.number}</td><td>{t.state.name.lower()}</td><td>{value}</td>"
                     f"<td>{'–' if secs is None else f'{secs:.2f}'}</td><td>{'–' if acc is None else f'{acc:.4f}'}</td>"
                     f"<td>{_esc(t.user_attrs.get('split_dim', '–'))}</td></tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("trial", "state", "value", "s to target", "accuracy", "split"))
+    metric = result.config.train.task.metric.replace("_", " ")
+    head = "".join(f"<th>{h}</th>" for h in ("trial", "state", "value", "s to target", f"final {metric}", "split"))
     return f'<table class="num"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 def build_tune_report(result: TuneResult) -> str:
-    cfg, best, counts = result.config, result.best, result.counts
+    cfg, best, counts, t = result.config, result.best, result.counts, result.config.train
     figs = study_figures(result)
     if result.plan is not None:
         figs.update(plan_figures(result.plan, result.measurements.losses, result.measurements.timings))
     divs = {key: pio.to_html(fig, include_plotlyjs=(i == 0), full_html=False, config=CONFIG, div_id=f"fig-{key}")
             for i, (key, fig) in enumerate(figs.items())}
     title = f"thor-plan tuning — {cfg.study_name}"
-    summary = [f"optimizer <b>{_esc(cfg.optimizer)}</b>", f"{cfg.model} on {cfg.data}",
+    metric = t.task.metric.replace("_", " ")
+    reached = (f"{result.best_seconds:.2f} s to {metric} {t.target:g}" if result.reached else
+               f"no trial reached {metric} {t.target:g}; closest final {metric} {result.best_value:.4f}")
+    budget = f"{t.steps} steps" if t.steps else f"{t.epochs} epochs"
+    summary = [f"optimizer <b>{_esc(cfg.optimizer)}</b>", f"{t.model} on {t.data}",
                f"{counts['complete']} complete · {counts['pruned']} pruned · {counts['fail']} failed trials",
-               f"best trial <b>{best.number}</b>: {best.user_attrs.get('target_seconds', math.nan):.2f} s to "
-               f"{cfg.target_accuracy:g} test accuracy"]
+               f"best trial <b>{best.number}</b>: {reached}"]
     plan_part = ""
     if result.plan is not None:
         plan_part = f"""<h2>The tuned plan</h2>
@@ -105,9 +109,9 @@ def build_tune_report(result: TuneResult) -> str:
 <title>{_esc(title)}</title><style>{CSS}</style></head><body><main>
 <h1>{_esc(title)}</h1>
 <p class="summary">{" · ".join(summary)}</p>
-<p class="muted">Objective (minimised): training seconds to test accuracy {cfg.target_accuracy:g} within {cfg.epochs}
-epochs, measured by the training loop of <code>thor-plan train</code>; a trial that never reaches it scores
-1e6 + (1 − final accuracy), after every trial that did. Storage <code>{_esc(cfg.storage)}</code>.</p>
+<p class="muted">Objective (minimised): training seconds to {metric} {t.target:g} within {budget},
+measured by the training loop of <code>thor-plan train</code>; a trial that never reaches it scores
+1e6 + its final shortfall, after every trial that did. Storage <code>{_esc(cfg.storage)}</code>.</p>
 <div class="grid"><div class="card">{divs["history"]}</div><div class="card">{divs["importance"]}</div></div>
 <div class="card">{divs["parallel"]}</div>
 <div class="split"><div class="card"><h2>Best parameters</h2>{_params_table(best.params)}</div>
@@ -119,11 +123,11 @@ epochs, measured by the training loop of <code>thor-plan train</code>; a trial t
 
 
 def provenance_dict(result: TuneResult) -> dict:
-    best = result.best
+    best, t = result.best, result.config.train
     return {"study": result.config.study_name, "storage": result.config.storage, "optimizer": result.config.optimizer,
-            "trial": best.number, "value": best.value, "target_accuracy": result.config.target_accuracy,
-            "epochs": result.config.epochs, "seconds_to_target": best.user_attrs.get("target_seconds"),
-            "params": best.params}
+            "trial": best.number, "value": best.value, "metric": t.task.metric, "target": t.target,
+            "reached": result.reached, "epochs": t.epochs, "steps": t.steps, "seconds_to_target": result.best_seconds,
+            "final": result.best_value, "params": best.params}
 
 
 def render_outputs(result: TuneResult) -> dict[str, str]:

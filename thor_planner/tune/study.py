@@ -7,13 +7,17 @@ another space is refused, so every trial of a study measures the same thing.
 
 from __future__ import annotations
 
-from thor_planner.utils.errors import UserError
+from thor_planner.utils.errors import ConfigError, UserError
 
 DEFAULT_STORAGE = "sqlite:///tune.db"
 
 
 class TuneError(UserError):
     """Bad input to the tuner (one line in the CLI, exit code 2)."""
+
+
+class TuneConfigError(ConfigError, TuneError):
+    """An invalid tuning argument (``Invalid trials=0: must be >= 1``)."""
 
 
 def import_optuna():
@@ -49,12 +53,12 @@ def open_storage(url: str):
 
 
 def open_study(*, storage_url: str, name: str, optimizer: str, space_signature: str, seed: int,
-               pruner: str):
+               pruner: str, sampler: str = "tpe"):
     """Create the study or continue it; refuse one made for another optimizer or search space.
 
-    The TPE sampler is seeded with ``seed`` plus the number of trials already in the study, so a
-    continued study does not repeat its first trials' parameters and two runs from the same state
-    ask the same questions.
+    The sampler (``tpe`` or ``qmc``) is seeded with ``seed`` plus the number of trials already in
+    the study, so a continued study does not repeat its first trials' parameters and two runs from
+    the same state ask the same questions.
     """
     optuna = import_optuna()
     storage = open_storage(storage_url)
@@ -67,12 +71,14 @@ def open_study(*, storage_url: str, name: str, optimizer: str, space_signature: 
                             f"'{optimizer}': pick another --study name")
         if attrs.get("space") != space_signature:
             raise TuneError(f"Study '{name}' in '{storage_url}' was made with another search space or objective "
-                            "(model, data, epochs, target accuracy or batch size differ): pick another --study name")
+                            "(model, data, budget, batch size, evaluation interval or seed differ): pick another "
+                            "--study name")
     done = existing.n_trials if existing is not None else 0
-    sampler = optuna.samplers.TPESampler(seed=seed + done, n_startup_trials=5)
+    samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed + done, n_startup_trials=5),
+                "qmc": lambda: optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)}
     pruners = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
                "none": optuna.pruners.NopPruner()}
-    study = optuna.create_study(storage=storage, study_name=name, direction="minimize", sampler=sampler,
+    study = optuna.create_study(storage=storage, study_name=name, direction="minimize", sampler=samplers[sampler](),
                                 pruner=pruners[pruner], load_if_exists=True)
     if existing is None:
         study.set_user_attr("optimizer", optimizer)

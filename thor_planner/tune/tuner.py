@@ -1,20 +1,28 @@
-"""``thor-plan tune``: an optuna study whose objective is the training time to a target accuracy.
+"""``thor-plan tune``: an optuna study whose objective is the training time to a target.
 
 Each trial trains with :func:`thor_planner.training.train` (the loop of ``thor-plan train``) for at
-most ``epochs`` epochs, stopping at the first evaluation whose test accuracy reaches
-``target_accuracy``. Its **value** (minimised) is
+most the budget (``epochs`` or ``steps`` of the base :class:`~thor_planner.training.TrainConfig`),
+stopping at the first evaluation that reaches ``target`` (test accuracy, or validation bits per
+byte for causal LMs). Its **value** (minimised) is
 
-    seconds of training to the target                if the target was reached,
-    UNREACHED_PENALTY + (1 − final test accuracy)   otherwise (UNREACHED_PENALTY = 1e6 s),
+    seconds of training to the target             if the target was reached,
+    UNREACHED_PENALTY + the final shortfall       otherwise (UNREACHED_PENALTY = 1e6 s; the
+                                                  shortfall is how far the last evaluation was
+                                                  from the target, in the metric),
 
-so every trial that reached the target ranks before every trial that did not, and those rank by
-their final accuracy. After each evaluation the trial reports its test error (1 − accuracy) to
-optuna's pruner (median rule, from the third trial; ``pruner="none"`` turns it off); a pruned trial
-is recorded as PRUNED, a trial whose training raised (a failed inversion, say) as FAIL.
+so every trial that reached the target ranks before every trial that did not, and those rank by how
+close they came. Each trial also stores its evaluation curve (``[step, seconds, metric]`` per
+evaluation) and the target it ran for: the study's best for *another* target is read off those
+curves without training again (:func:`rescore`), and every run ends with the best trial, whether or
+not any reached the target. After each evaluation a trial reports its error (1 − accuracy, or bits
+per byte) to optuna's pruner (median rule, from the third trial; ``pruner="none"`` turns it off); a
+pruned trial is recorded as PRUNED, a trial whose training raised (a failed inversion, a diverged
+THOR) as FAIL.
 
-The TPE sampler is seeded (``seed`` plus the trials already in the study); its first five trials are
-random, so a fixed seed asks the same parameters every time, and later ones also depend on the
-measured seconds. Every trial trains with the same ``seed``.
+Samplers: ``tpe`` (seeded with ``seed`` plus the trials already in the study; its first five trials
+are random, so a fixed seed asks the same parameters every time) or ``qmc`` (scrambled Sobol
+points, as AlgoPerf's quasi-random search). Every trial trains with the training seed of the base
+config.
 
 For ``thor``, the trials share one profile (the ``plan``'s folder, or a quick profile made first) and
 each re-plans its splits from the measurements with its own loss threshold.
@@ -24,20 +32,21 @@ from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from thor_planner.planning.measurements import Measurements
-from thor_planner.planning.plan import Plan
+from thor_planner.planning.plan import Plan, Schedule
 from thor_planner.planning.planner import Rule, RuleConfig, make_plan
-from thor_planner.training.loop import (DATA, MODELS, OPTIMIZERS, TrainConfig, build_model, load_split,
-                                        train)
+from thor_planner.training.loop import TrainConfig, build_model, quick_profile, train
+from thor_planner.training.optimizers import optimizer_spec
 from thor_planner.tune.space import signature, suggest, train_options
-from thor_planner.tune.study import DEFAULT_STORAGE, TuneError, import_optuna, open_study
+from thor_planner.tune.study import DEFAULT_STORAGE, TuneConfigError, TuneError, import_optuna, open_study
 from thor_planner.utils.progress import Progress
 
 UNREACHED_PENALTY = 1e6
 PRUNERS = ("median", "none")
+SAMPLERS = ("tpe", "qmc")
 
 
 class TuneInterrupted(KeyboardInterrupt):
@@ -50,110 +59,133 @@ class TuneInterrupted(KeyboardInterrupt):
 
 @dataclass(frozen=True, kw_only=True)
 class TuneConfig:
-    """What to tune and where the study lives. ``study=None``: ``<model>-<data>-<optimizer>``
-    (``-adamw`` appended with ``graft="adamw"``)."""
+    """What to tune (``train``: the run every trial varies; its ``target`` is required) and where the
+    study lives. ``study=None``: ``<model>-<data>-<optimizer>`` (``-adamw`` with ``graft="adamw"``)."""
 
-    model: str = "cnn"
-    data: str = "digits"
-    optimizer: str = "thor"
-    plan: str | Path | None = None
+    train: TrainConfig = TrainConfig(target_accuracy=0.97)
     trials: int = 20
     timeout: float | None = None
     storage: str = DEFAULT_STORAGE
     study: str | None = None
-    epochs: int = 10
-    target_accuracy: float = 0.97
-    seed: int = 0
-    batch_size: int = 32
-    eval_every: int | None = None
     pruner: str = "median"
-    #: THOR variants: ``"sgd"`` or ``"adamw"`` (THOR as a drop-in for AdamW; AdamW's lr range)
-    graft: str = "sgd"
+    sampler: str = "tpe"
 
     def __post_init__(self) -> None:
-        for what, value, options in (("model", self.model, MODELS), ("data", self.data, DATA),
-                                     ("optimizer", self.optimizer, OPTIMIZERS), ("pruner", self.pruner, PRUNERS)):
-            if value not in options:
-                raise TuneError(f"Invalid {what}={value!r}: use {', '.join(options)}")
-        if self.plan is not None and self.optimizer != "thor":
-            raise TuneError(f"Invalid plan='{self.plan}': a plan applies only to optimizer 'thor', not "
-                            f"'{self.optimizer}'")
+        if self.pruner not in PRUNERS:
+            raise TuneConfigError("pruner", self.pruner, f"use {' or '.join(PRUNERS)}", quote=True)
+        if self.sampler not in SAMPLERS:
+            raise TuneConfigError("sampler", self.sampler, f"use {' or '.join(SAMPLERS)}", quote=True)
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
-            raise TuneError(f"Invalid trials={self.trials}: must be >= 1")
+            raise TuneConfigError("trials", self.trials, "must be >= 1")
         if self.timeout is not None and not self.timeout > 0:
-            raise TuneError(f"Invalid timeout={self.timeout}: must be > 0 seconds")
-        if not 0 < self.target_accuracy <= 1:
-            raise TuneError(f"Invalid target_accuracy={self.target_accuracy}: must be in (0, 1]")
-        for what in ("epochs", "batch_size"):
-            if getattr(self, what) < 1:
-                raise TuneError(f"Invalid {what}={getattr(self, what)}: must be >= 1")
-        if self.eval_every is not None and self.eval_every < 1:
-            raise TuneError(f"Invalid eval_every={self.eval_every}: must be >= 1 (or None: each epoch)")
-        if self.graft not in ("sgd", "adamw"):
-            raise TuneError(f"Invalid graft={self.graft!r}: use sgd or adamw")
-        if self.graft != "sgd" and self.optimizer not in ("thor", "thor-128", "kfac"):
-            raise TuneError(f"Invalid graft={self.graft!r}: grafting applies only to thor, thor-128 and kfac, "
-                            f"not '{self.optimizer}'")
+            raise TuneConfigError("timeout", self.timeout, "must be > 0 seconds")
+        if self.train.target is None:
+            raise TuneConfigError("target", None, "the tuner minimises the time to a target; set target "
+                                  f"({self.train.task.metric.replace('_', ' ')})")
+        if self.train.graft not in ("sgd", "adamw"):
+            raise TuneConfigError("graft", self.train.graft, "use 'sgd' or 'adamw'", quote=True)
         if not self.storage:
-            raise TuneError("Invalid storage='': pass an optuna RDB URL such as " + DEFAULT_STORAGE)
+            raise TuneConfigError("storage", "", f"pass an optuna RDB URL such as {DEFAULT_STORAGE}", quote=True)
+
+    @property
+    def optimizer(self) -> str:
+        return self.train.optimizer
 
     @property
     def study_name(self) -> str:
-        graft = "" if self.graft == "sgd" else f"-{self.graft}"
-        return self.study or f"{self.model}-{self.data}-{self.optimizer}{graft}"
+        t = self.train
+        graft = "" if t.graft == "sgd" else f"-{t.graft}"
+        return self.study or f"{t.model}-{t.data}-{t.optimizer}{graft}"
 
     def objective_spec(self) -> dict:
-        return {"model": self.model, "data": self.data, "epochs": self.epochs,
-                "target_accuracy": self.target_accuracy, "batch_size": self.batch_size}
+        """What a trial measures, apart from the target (a study can be re-scored for another)."""
+        t = self.train
+        budget = {"steps": t.steps} if t.steps else {"epochs": t.epochs}
+        return {"model": t.model, "data": t.data, **budget, "batch_size": t.batch_size, "eval_every": t.eval_every,
+                "seed": t.seed, "metric": t.task.metric}
 
 
 @dataclass
 class TuneResult:
-    """The study after this run, its best trial, and (``thor``) the profile and the tuned plan."""
+    """The study after this run, its best trial for the target, and (``thor``) the profile and the
+    tuned plan."""
 
     config: TuneConfig
     study: object
     best: object  # optuna FrozenTrial
     new_trials: int
+    best_seconds: float | None = None  # the best trial's time to this run's target (None: unreached)
+    best_value: float | None = None  # its final metric (the last evaluation)
     measurements: Measurements | None = None
     plan: Plan | None = None
     profiled: bool = False
     counts: dict = field(default_factory=dict)
 
+    @property
+    def reached(self) -> bool:
+        return self.best_seconds is not None
+
     def summary(self) -> dict:
-        best = self.best
-        return {"study": self.config.study_name, "storage": self.config.storage, "optimizer": self.config.optimizer,
+        c = self.config
+        return {"study": c.study_name, "storage": c.storage, "optimizer": c.optimizer,
                 "trials": sum(self.counts.values()), "new_trials": self.new_trials, **self.counts,
-                "best_trial": best.number, "best_value": best.value,
-                "best_seconds": best.user_attrs.get("target_seconds"), "best_params": best.params}
+                "target": c.train.target, "metric": c.train.task.metric, "reached": self.reached,
+                "best_trial": self.best.number, "best_seconds": self.best_seconds,
+                "best_final": self.best_value, "best_params": self.best.params}
 
 
-def trial_value(target_seconds: float | None, final_accuracy: float) -> float:
-    """The objective: seconds to the target, or the penalty plus the final test error."""
+def shortfall(final: float, target: float, direction: str) -> float:
+    """How far ``final`` is from ``target`` in the metric's bad direction (0 when reached)."""
+    return max(target - final, 0.0) if direction == "max" else max(final - target, 0.0)
+
+
+def trial_value(target_seconds: float | None, final: float, target: float, direction: str) -> float:
+    """The objective: seconds to the target, or the penalty plus the final shortfall."""
     if target_seconds is not None:
         return float(target_seconds)
-    return UNREACHED_PENALTY + (1.0 - final_accuracy)
+    return UNREACHED_PENALTY + shortfall(final, target, direction)
 
 
-def _profile(config: TuneConfig, progress: Progress) -> tuple[Measurements, RuleConfig, bool]:
-    """The measurements every ``thor`` trial re-plans from, the plan's rule, and whether we profiled."""
-    if config.plan is not None:
-        base = Plan.load(config.plan)
-        base.check_model(build_model(config.model))
-        measurements = Measurements.load(Path(config.plan).parent)
+def rescore(trial, target: float, direction: str) -> float | None:
+    """``trial``'s value for ``target`` read off its stored curve (``None``: no curve stored)."""
+    curve = trial.user_attrs.get("curve")
+    if not curve:
+        return None
+    reach = [seconds for _, seconds, value in curve
+             if (value >= target if direction == "max" else value <= target)]
+    return trial_value(reach[0] if reach else None, curve[-1][2], target, direction)
+
+
+@dataclass
+class _Profile:
+    """What every ``thor`` trial re-plans from: the measurements, the plan's rule and schedule."""
+
+    measurements: Measurements
+    rule: RuleConfig
+    schedule: Schedule
+    profiled: bool
+
+    def plan(self, loss_threshold: float, schedule: Schedule) -> Plan:
+        r = self.rule
+        return make_plan(self.measurements, RuleConfig(name=r.name, loss_threshold=loss_threshold,
+                                                       overhead=r.overhead, interval=r.interval), schedule)
+
+
+def _profile(config: TuneConfig, progress: Progress) -> _Profile | None:
+    """For ``thor``: the profile the trials re-plan from (the plan's folder, or a quick profile)."""
+    t = config.train
+    if not optimizer_spec(t.optimizer).plans:
+        return None
+    if t.plan is not None:
+        base = Plan.load(t.plan)
+        base.check_model(build_model(t.model))
+        measurements = Measurements.load(Path(t.plan).parent)
         rule = base.rule
         kwargs = {k: rule[k] for k in ("overhead", "interval") if k in rule}
-        return measurements, RuleConfig(name=Rule(rule.get("name", "crossover")), **kwargs), False
-    from thor_planner.profiling.profiler import ProfileConfig, run_profile
-    from thor_planner.timing.candidates import TimingConfig
-    from thor_planner.training.loop import PROFILE_BATCH_SIZE, PROFILE_BATCHES, PROFILE_NAMES, PROFILE_TIME_BUDGET
-
-    progress.note(f"No plan given: profiling {config.model} on {config.data} first")
-    cfg = ProfileConfig(model=PROFILE_NAMES[config.model], data=config.data, batches=PROFILE_BATCHES,
-                        batch_size=PROFILE_BATCH_SIZE, seed=config.seed, device="cpu",
-                        timing=TimingConfig(budget_s=PROFILE_TIME_BUDGET))
-    measurements, _ = run_profile(cfg, progress)
-    return measurements, RuleConfig(), True
+        return _Profile(measurements, RuleConfig(name=Rule(rule.get("name", "crossover")), **kwargs), base.schedule,
+                        False)
+    progress.note(f"No plan given: profiling {t.model} on {t.data} first")
+    return _Profile(quick_profile(t.model, t.data, t.seed, progress), RuleConfig(), Schedule(), True)
 
 
 def _counts(study) -> dict:
@@ -162,91 +194,106 @@ def _counts(study) -> dict:
     return {s: states.count(s) for s in ("complete", "pruned", "fail")}
 
 
-def run_tune(config: TuneConfig, progress: Progress = Progress()) -> TuneResult:
-    """Run ``config.trials`` more trials (or until ``timeout``) and return the study's best.
-
-    Raises :class:`TuneError` on bad input and when no trial of the study reached the target;
-    :class:`TuneInterrupted` on Ctrl-C (finished trials are in the storage)."""
+def _objective(config: TuneConfig, profile: _Profile | None, folder: str):
+    """The function optuna calls per trial (see the module docstring)."""
     optuna = import_optuna()
-    TrainConfig(model=config.model, data=config.data, optimizer=config.optimizer, epochs=config.epochs,
-                batch_size=config.batch_size, eval_every=config.eval_every,
-                target_accuracy=config.target_accuracy)  # refuses e.g. a model and data that do not fit
-    study = open_study(storage_url=config.storage, name=config.study_name, optimizer=config.optimizer,
-                       space_signature=signature(config.optimizer, config.objective_spec(), config.graft), seed=config.seed,
-                       pruner=config.pruner)
-    measurements, rule, profiled = _profile(config, progress) if config.optimizer == "thor" else (None, None, False)
-    steps_per_epoch = math.ceil(len(load_split(config.data)[1]) / config.batch_size)
+    t = config.train
+    task = t.task
+
+    def objective(trial) -> float:
+        params = suggest(trial, t.optimizer, t.graft)
+        options = train_options(t.optimizer, params, t.graft, profile.schedule if profile else Schedule())
+        plan_path = None
+        if profile is not None:
+            plan = profile.plan(params["loss_threshold"], options["schedule"])
+            plan_path = plan.save(Path(folder) / f"trial-{trial.number}.json")
+            trial.set_user_attr("split_dim", plan.split_dim)
+        run = replace(t, plan=plan_path, **options)
+        curve: list[list[float]] = []
+
+        def report(record) -> None:
+            curve.append([record.step, record.seconds, record.metric])
+            trial.set_user_attr("curve", curve)
+            trial.report(record.metric if task.direction == "min" else 1.0 - record.metric, record.step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        trial.set_user_attr("target", t.target)
+        result = train(run, Progress(), on_eval=report)
+        final = result.records[-1].metric if result.records else math.nan
+        trial.set_user_attr("target_seconds", result.target_seconds)
+        trial.set_user_attr("final", final)
+        trial.set_user_attr("stopped", result.stopped)
+        trial.set_user_attr("seconds", result.seconds)
+        if not math.isfinite(final):
+            raise RuntimeError(f"trial {trial.number} diverged")
+        return trial_value(result.target_seconds, final, t.target, task.direction)
+
+    return objective
+
+
+def _best(config: TuneConfig, study) -> tuple[object, float | None, float | None]:
+    """The study's best complete trial for this run's target, its time to it and its final metric."""
+    t = config.train
+    scored = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state.name != "COMPLETE":
+            continue
+        value = rescore(trial, t.target, t.task.direction)
+        if value is None:  # no curve: its stored value counts only for the target it ran for
+            value = trial.value if trial.user_attrs.get("target", t.target) == t.target else None
+        if value is not None:
+            scored.append((value, trial.number, trial))
+    if not scored:
+        raise TuneError(f"No trial of study '{config.study_name}' completed: run more --trials (failed and pruned "
+                        "trials are listed by 'thor-plan tune' as they finish)")
+    value, _, best = min(scored, key=lambda s: s[:2])
+    final = best.user_attrs.get("final", best.user_attrs.get("final_accuracy"))
+    return best, (value if value < UNREACHED_PENALTY else None), final
+
+
+def run_tune(config: TuneConfig, progress: Progress = Progress()) -> TuneResult:
+    """Run ``config.trials`` more trials (or until ``timeout``) and return the study's best for the
+    target (reached or not: :attr:`TuneResult.reached`).
+
+    Raises :class:`TuneError` on bad input (before any study is created) and when no trial of the
+    study completed; :class:`TuneInterrupted` on Ctrl-C (finished trials are in the storage)."""
+    import_optuna()
+    profile = _profile(config, progress)  # refuses a plan that does not fit, before the study exists
+    t = config.train
+    study = open_study(storage_url=config.storage, name=config.study_name, optimizer=t.optimizer,
+                       space_signature=signature(t.optimizer, config.objective_spec(), t.graft), seed=t.seed,
+                       pruner=config.pruner, sampler=config.sampler)
     before = len(study.get_trials(deepcopy=False))
+    with tempfile.TemporaryDirectory(prefix="thor-plan-tune-") as tmp, progress.stage("tune", config.trials) as advance:
+        def callback(study, trial) -> None:
+            progress.note(_trial_line(trial, config))
+            advance()
 
-    with tempfile.TemporaryDirectory(prefix="thor-plan-tune-") as tmp:
-        def objective(trial) -> float:
-            params = suggest(trial, config.optimizer, config.graft)
-            options = train_options(config.optimizer, params, steps_per_epoch, config.graft)
-            plan_path = None
-            if measurements is not None:
-                plan = make_plan(measurements, RuleConfig(name=rule.name, loss_threshold=params["loss_threshold"],
-                                                          overhead=rule.overhead, interval=rule.interval),
-                                 options["schedule"])
-                plan_path = plan.save(Path(tmp) / f"trial-{trial.number}.json")
-                trial.set_user_attr("split_dim", plan.split_dim)
-            train_cfg = TrainConfig(model=config.model, data=config.data, optimizer=config.optimizer,
-                                    plan=plan_path, epochs=config.epochs, batch_size=config.batch_size,
-                                    seed=config.seed, eval_every=config.eval_every,
-                                    target_accuracy=config.target_accuracy, **options)
-
-            def report(record) -> None:
-                trial.report(1.0 - record.test_accuracy, record.step)
-                trial.set_user_attr("last_accuracy", record.test_accuracy)
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
-
-            result = train(train_cfg, Progress(), on_eval=report)
-            final = result.records[-1].test_accuracy if result.records else 0.0
-            trial.set_user_attr("target_seconds", result.target_seconds)
-            trial.set_user_attr("final_accuracy", final)
-            trial.set_user_attr("stopped", result.stopped)
-            trial.set_user_attr("seconds", result.seconds)
-            return trial_value(result.target_seconds, final)
-
-        with progress.stage("tune", config.trials) as advance:
-            def callback(study, trial) -> None:
-                progress.note(_trial_line(trial, config))
-                advance()
-
-            try:
-                study.optimize(objective, n_trials=config.trials, timeout=config.timeout,
-                               catch=(RuntimeError, FloatingPointError), callbacks=[callback])
-            except KeyboardInterrupt:
-                finished = sum(t.state.is_finished() and t.state.name != "FAIL"
-                               for t in study.get_trials(deepcopy=False))
-                raise TuneInterrupted(finished) from None
-    after = study.get_trials(deepcopy=False)
-    reached = [t for t in after if t.state.name == "COMPLETE" and t.user_attrs.get("target_seconds") is not None]
-    if not reached:
-        finished = [t for t in after if t.state.name == "COMPLETE"]
-        best_acc = max((t.user_attrs.get("final_accuracy", 0.0) for t in finished), default=None)
-        seen = f"best final accuracy {best_acc:.4f}" if best_acc is not None else "no trial completed"
-        raise TuneError(f"No trial of study '{config.study_name}' reached test accuracy {config.target_accuracy:g} "
-                        f"within {config.epochs} epochs ({seen}): raise --epochs, lower --target-accuracy or "
-                        "run more --trials")
-    best = min(reached, key=lambda t: (t.value, t.number))
+        try:
+            study.optimize(_objective(config, profile, tmp), n_trials=config.trials, timeout=config.timeout,
+                           catch=(RuntimeError, FloatingPointError), callbacks=[callback])
+        except KeyboardInterrupt:
+            finished = sum(t.state.is_finished() and t.state.name != "FAIL" for t in study.get_trials(deepcopy=False))
+            raise TuneInterrupted(finished) from None
+    best, seconds, final = _best(config, study)
     tuned = None
-    if measurements is not None:
-        schedule = train_options("thor", best.params, steps_per_epoch)["schedule"]
-        tuned = make_plan(measurements, RuleConfig(name=rule.name, loss_threshold=best.params["loss_threshold"],
-                                                   overhead=rule.overhead, interval=rule.interval), schedule)
-    return TuneResult(config=config, study=study, best=best, new_trials=len(after) - before,
-                      measurements=measurements, plan=tuned, profiled=profiled, counts=_counts(study))
+    if profile is not None:
+        schedule = train_options("thor", best.params, t.graft, profile.schedule)["schedule"]
+        tuned = profile.plan(best.params["loss_threshold"], schedule)
+    return TuneResult(config=config, study=study, best=best, new_trials=len(study.get_trials(deepcopy=False)) - before,
+                      best_seconds=seconds, best_value=final, measurements=profile.measurements if profile else None,
+                      plan=tuned, profiled=bool(profile and profile.profiled), counts=_counts(study))
 
 
 def _trial_line(trial, config: TuneConfig) -> str:
-    state = trial.state.name
+    state, metric = trial.state.name, config.train.task.metric.replace("_", " ")
     if state == "COMPLETE":
         secs = trial.user_attrs.get("target_seconds")
-        what = (f"{secs:.2f} s to {config.target_accuracy:g}" if secs is not None else
-                f"target not reached (final accuracy {trial.user_attrs.get('final_accuracy', 0.0):.4f})")
+        what = (f"{secs:.2f} s to {config.train.target:g}" if secs is not None else
+                f"target not reached (final {metric} {trial.user_attrs.get('final', math.nan):.4f})")
     elif state == "PRUNED":
-        what = f"pruned at step {trial.last_step} (accuracy {trial.user_attrs.get('last_accuracy', 0.0):.4f})"
+        what = f"pruned at step {trial.last_step}"
     else:
         what = "failed"
     params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())

@@ -18,8 +18,13 @@ class UserError(ThorPlanError):
     """A mistake in the user's input: shown as one line, exit code 2."""
 
 
+#: the value of a :class:`ConfigError` that is not worth printing (a schedule object, say)
+UNSHOWN = object()
+
+
 class ConfigError(UserError, ValueError):
-    """``Invalid {argument}={value}: {requirement}`` for one library argument."""
+    """``Invalid {argument}={value}: {requirement}`` for one library argument (``Invalid {argument}:
+    {requirement}`` when the value is :data:`UNSHOWN`)."""
 
     def __init__(self, argument: str, value: object, requirement: str, *, quote: bool = False) -> None:
         self.argument, self.value, self.requirement, self.quote = argument, value, requirement, quote
@@ -27,5 +32,7 @@ class ConfigError(UserError, ValueError):
 
     def render(self, name: str) -> str:
         """The message with the argument called ``name`` (the CLI passes its flag)."""
+        if self.value is UNSHOWN:
+            return f"Invalid {name}: {self.requirement}"
         value = repr(self.value) if self.quote else self.value
         return f"Invalid {name}={value}: {self.requirement}"
