@@ -55,7 +55,7 @@ from thor_planner.optim.distributed import RankGroup, unwrap, wanted
 from thor_planner.optim.factors import BlockFactorCollector
 from thor_planner.optim.guard import DivergedError, SkipGuard
 from thor_planner.optim.layer import Layer, plan_backends
-from thor_planner.optim.preconditioner import InverseFamily
+from thor_planner.optim.preconditioner import Family, family_class
 from thor_planner.optim.refresh import check_point, local_solver, replay
 from thor_planner.optim.update import adam_moments, adamw_update, sgd_update
 from thor_planner.partition import partition
@@ -79,11 +79,13 @@ class THOR(torch.optim.Optimizer):
             default: every parameter of ``model`` in one group. Parameters outside every group are
             not updated.
         lr, momentum, weight_decay, nesterov: as ``torch.optim.SGD`` (dampening 0).
-        graft: ``"sgd"`` (default): each layer's natural-gradient direction takes the norm of its
-            gradient, so SGD's settings carry over; ``"adamw"``: a drop-in for ``torch.optim.AdamW``
-            (``lr``, ``betas``, ``eps``, decoupled ``weight_decay``; ``momentum`` unused): the
-            Adam-filtered gradient is preconditioned and takes the norm of AdamW's direction, other
-            parameters get AdamW's update; ``None``: the raw natural gradient (:class:`Graft`).
+        graft: ``"sgd"``: each layer's natural-gradient direction takes the norm of its gradient, so
+            SGD's settings carry over; ``"adamw"``: a drop-in for ``torch.optim.AdamW`` (``lr``,
+            ``betas``, ``eps``, decoupled ``weight_decay``; ``momentum`` unused): the Adam-filtered
+            gradient is preconditioned and takes the norm of AdamW's direction (the eigen family:
+            Adam runs in the eigenbasis), other parameters get AdamW's update; ``None``: the raw
+            natural gradient (:class:`Graft`). ``"auto"`` (default): the family's own, ``"sgd"`` for
+            the inverse family, ``"adamw"`` for the eigen family.
         schedule: overrides the plan's schedule (per-layer ω1/ω2 still come from the plan).
         precondition: ``False`` gives exactly ``torch.optim.SGD`` / ``AdamW`` (no hooks).
         kl_clip: K-FAC KL clipping bound (``None``: off), applied after grafting.
@@ -99,18 +101,22 @@ class THOR(torch.optim.Optimizer):
         distributed: share factors and solved blocks across the ranks of ``torch.distributed``
             (:mod:`.distributed`); ``None`` (default): when a process group of more than one rank is
             initialized.
+        family: the preconditioner family (:data:`~thor_planner.optim.FAMILIES`): ``"inverse"``
+            (THOR's block inverses) or ``"eigen"`` (Adam in the Kronecker eigenbasis); default: the
+            plan's ``family``, else ``"inverse"``.
     """
 
     def __init__(self, model: nn.Module, plan: Plan | str | os.PathLike | None = None, *, params=None, lr: float,
                  momentum: float = 0.9, weight_decay: float = 0.0, nesterov: bool = False, split: int | None = None,
-                 graft: str | Graft | None = "sgd", schedule: Schedule | None = None, precondition: bool = True,
+                 graft: str | Graft | None = "auto", schedule: Schedule | None = None, precondition: bool = True,
                  kl_clip: float | None = None, grad_scaler=None, backends: str | Mapping[int, str] | None = None,
                  max_skipped_steps: int | None = 10, capture_tf32: bool = True, distributed: bool | None = None,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, family: str | None = None):
         if not isinstance(model, nn.Module):
             raise ConfigError("model", type(model).__name__, "must be a torch.nn.Module")
         plan = _as_plan(plan)
-        self.graft = Graft.parse(graft)
+        family_cls = family_class(family or (plan.family if plan is not None else "inverse"))
+        self.graft = _family_graft(family_cls, graft)
         check_arguments(kl_clip=kl_clip, split=split, planned=plan is not None, max_skipped_steps=max_skipped_steps)
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "nesterov": nesterov,
                     "betas": tuple(betas) if isinstance(betas, (list, tuple)) else betas, "eps": eps}
@@ -122,7 +128,7 @@ class THOR(torch.optim.Optimizer):
         entries = self._entries(model, plan, split, schedule)
         self.backends = backends if backends is not None else (
             plan_backends(plan.device) if plan is not None else DEFAULT_BACKEND)
-        self.family = InverseFamily(self.backends)
+        self.family = family_cls(self.backends)
         self._layers = self._make_layers(model, entries) if precondition else []
         double = any(layer.weight.dtype == torch.float64 for layer in self._layers)
         self._dtype = torch.float64 if double else torch.float32  # factors and solved blocks
@@ -256,18 +262,21 @@ class THOR(torch.optim.Optimizer):
 
     def _direction_phase(self, ok) -> tuple[dict, dict]:
         """``(preconditioned directions, first-order directions)`` per parameter (the latter: AdamW's,
-        for ``graft="adamw"``; SGD's are the gradients themselves)."""
+        for ``graft="adamw"``; SGD's are the gradients themselves). A family that keeps its own
+        moments preconditions the raw gradient, is not regrafted, and AdamW skips its parameters."""
         source, reference = {}, {}
+        own = self.family.own_moments
         if self.graft.adam:  # AdamW: the filtered gradients and AdamW's directions
+            owned = {p for l in self._layers if own and l.precond.ready for p in (l.weight, l.bias) if p is not None}
             for group in self.param_groups:
-                m_hat, adam_dir = adam_moments(group, self.state, ok)
+                m_hat, adam_dir = adam_moments(group, self.state, ok, skip=owned)
                 source.update(m_hat)
                 reference.update(adam_dir)
         group_of = {p: g for g in self.param_groups for p in g["params"]}
-        adam = self.graft.adam
-        precond = directions(self._layers, self._dtype, group_of, graft=self.graft is not Graft.NONE,
-                             kl_clip=self.kl_clip, ok=ok, source=source if adam else None,
-                             reference=reference if adam else None) if self._layers else {}
+        filtered = self.graft.adam and not own
+        precond = directions(self._layers, self._dtype, group_of, graft=self.graft is not Graft.NONE and not own,
+                             kl_clip=self.kl_clip, ok=ok, source=source if filtered else None,
+                             reference=reference if filtered else None) if self._layers else {}
         return precond, reference
 
     def _update_phase(self, precond: dict, reference: dict, ok) -> None:
@@ -361,6 +370,15 @@ class THOR(torch.optim.Optimizer):
         self._guard.load(thor["skips"])
         self._replay = True
         self._rebuild_collector()
+
+
+def _family_graft(family: type[Family], graft) -> Graft:
+    """The graft for ``family``: ``"auto"`` is the family's first choice; others must be among them."""
+    chosen = Graft.parse(family.grafts[0] if graft == "auto" else graft)
+    if chosen.value not in family.grafts:
+        raise ConfigError("graft", graft, f"the {family.name!r} family stands in for "
+                          f"{' or '.join(repr(g) for g in family.grafts)} only", quote=True)
+    return chosen
 
 
 def _as_plan(plan) -> Plan | None:

@@ -51,15 +51,16 @@ def sgd_update(group: dict, state: Mapping, directions: Mapping[torch.Tensor, to
 # -------------------------------------------------------------------------------- AdamW
 
 
-def adam_moments(group: dict, state: Mapping, ok: torch.Tensor | None = None
+def adam_moments(group: dict, state: Mapping, ok: torch.Tensor | None = None, skip: set | frozenset = frozenset()
                  ) -> tuple[dict[torch.Tensor, torch.Tensor], dict[torch.Tensor, torch.Tensor]]:
     """Update Adam's moments of one param ``group`` from ``p.grad``, as ``torch.optim.AdamW`` does
     (per-parameter step counts, bias corrections); returns ``(m̂, m̂ / (sqrt(v̂) + eps))`` per
-    parameter: the filtered gradient THOR preconditions, and AdamW's own direction.
+    parameter: the filtered gradient THOR preconditions, and AdamW's own direction. Parameters in
+    ``skip`` (those whose preconditioner keeps its own moments) are left out.
 
     With ``ok`` false the moments and step counts are left exactly as they were.
     """
-    params = [p for p in group["params"] if p.grad is not None]
+    params = [p for p in group["params"] if p.grad is not None and p not in skip]
     if not params:
         return {}, {}
     (beta1, beta2), eps = group["betas"], group["eps"]

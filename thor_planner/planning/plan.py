@@ -266,6 +266,9 @@ class Plan:
     tool_version: str = ""
     created: str = ""
     schema_version: int = SCHEMA_VERSION
+    #: the preconditioner family the splits were planned for (its refresh cost was timed):
+    #: ``"inverse"`` (THOR's block inverses; plans without the field) or ``"eigen"``
+    family: str = "inverse"
 
     @property
     def split_dim(self) -> int:
@@ -280,7 +283,7 @@ class Plan:
     def to_dict(self) -> dict:
         return {
             "schema_version": self.schema_version, "tool_version": self.tool_version,
-            "created": self.created, "model": self.model, "device": self.device,
+            "created": self.created, "family": self.family, "model": self.model, "device": self.device,
             "capture": self.capture, "rule": self.rule, "candidates": list(self.candidates),
             "curves": self.curves, "crossover": asdict(self.crossover),
             "schedule": self.schedule.to_dict(), "layers": [asdict(lp) for lp in self.layers],
@@ -333,6 +336,9 @@ class Plan:
                 _fail(f"layers[{i}].name", lp.name,
                       f"layer names must be unique (also layers[{first_index[lp.name]}].name)")
             first_index[lp.name] = i
+        family = d.get("family", "inverse")
+        if not isinstance(family, str) or not family:
+            _fail("family", family, "must be the name of a preconditioner family, e.g. \"inverse\" or \"eigen\"")
         skipped = d.get("skipped", [])
         if not isinstance(skipped, list):
             _fail("skipped", skipped, "must be a list")
@@ -344,7 +350,7 @@ class Plan:
             created=str(d.get("created", "")), model=d["model"], device=d["device"],
             capture=d["capture"], rule=d["rule"], candidates=cands, curves=d["curves"],
             crossover=crossover, schedule=Schedule.from_dict(_get(d, "schedule", "")),
-            layers=layers, skipped=skipped,
+            layers=layers, skipped=skipped, family=family,
         )
 
     @classmethod

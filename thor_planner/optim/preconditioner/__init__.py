@@ -1,5 +1,6 @@
-"""Preconditioner families behind one seam (:mod:`.base`): the registry :data:`FAMILIES` and the
-Kronecker-inverse family (:mod:`.inverse`, THOR's). Registering a family is one class and one
+"""Preconditioner families behind one seam (:mod:`.base`): the registry :data:`FAMILIES`, the
+Kronecker-inverse family (:mod:`.inverse`, THOR's) and the Kronecker-eigenbasis family
+(:mod:`.eigen`, Adam in the eigenbasis of the A and G blocks). Registering a family is one class and one
 :func:`register_family` call; ``THOR(..., family=NAME)``, the plan's ``family`` and every list of
 families read the registry.
 
@@ -10,6 +11,7 @@ the rest of the runtime (:mod:`thor_planner.optim.thor` builds on it, not the ot
 from __future__ import annotations
 
 from thor_planner.optim.preconditioner.base import Family, LayerPreconditioner
+from thor_planner.optim.preconditioner.eigen import EigenFamily
 from thor_planner.optim.preconditioner.inverse import InverseFamily
 from thor_planner.utils.errors import ConfigError
 
@@ -25,6 +27,7 @@ def register_family(cls: type[Family]) -> type[Family]:
 
 
 register_family(InverseFamily)
+register_family(EigenFamily)
 
 
 def family_class(name: str) -> type[Family]:
@@ -34,4 +37,5 @@ def family_class(name: str) -> type[Family]:
     return FAMILIES[name]
 
 
-__all__ = ["FAMILIES", "Family", "LayerPreconditioner", "family_class", "register_family"]
+__all__ = ["FAMILIES", "EigenFamily", "Family", "InverseFamily", "LayerPreconditioner", "family_class",
+           "register_family"]

@@ -68,6 +68,11 @@ class Family(ABC):
     name: ClassVar[str]
     #: bumped when :meth:`LayerPreconditioner.state_dict` changes meaning
     version: ClassVar[int] = 1
+    #: the first-order optimizers it can stand in for (``THOR(graft=...)``); the first is the default
+    grafts: ClassVar[tuple[str, ...]] = ("sgd", "adamw", "none")
+    #: its direction is already an Adam step (it keeps its own moments): the layer's gradient is not
+    #: Adam-filtered first, not regrafted, and AdamW keeps no moments for its parameters
+    own_moments: ClassVar[bool] = False
 
     def __init__(self, backends) -> None:
         self.backends = backends
