@@ -19,7 +19,7 @@ from thor_planner.utils.progress import Progress
 from thor_planner.training.loop import CSV_COLUMNS, OPTIMIZERS, TrainConfig, TrainConfigError, build_model, train
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-SUMMARY_KEYS = {"optimizer", "epochs", "seconds", "test_accuracy", "final_loss"}
+SUMMARY_KEYS = {"optimizer", "epochs", "steps", "stopped", "seconds", "test_accuracy", "final_loss"}
 
 
 def hand_plan(model_name: str, split: int) -> Plan:

@@ -14,8 +14,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from thor_planner.utils.errors import UserError
+from thor_planner.utils.errors import UserError, memory_detail, out_of_memory
 from thor_planner.utils.progress import Progress
 
 console = Console(soft_wrap=True)
@@ -42,6 +43,37 @@ class BarProgress(Progress):
 
     def note(self, message: str) -> None:
         err_console.print(message)
+
+
+def print_table(where: Console, columns: list[str], rows: list[list[str]], title: str | None = None,
+                right: int = 1) -> None:
+    """A table whose cells are printed whole: rich's box drawing on a terminal (a cell too wide for
+    it folds onto more lines, never cut), plain aligned text when the output is piped or redirected
+    (one line per row, columns two spaces apart, for grep and cut). Columns from ``right`` on are
+    right-aligned (numbers)."""
+    if where.is_terminal:
+        table = Table(title=title)
+        for i, name in enumerate(columns):
+            table.add_column(name, justify="right" if i >= right else "left", overflow="fold")
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))
+        where.print(table)
+        return
+    widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, name in enumerate(columns)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i >= right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    for text in ([title] if title else []) + [line(columns)] + [line(row) for row in rows]:
+        where.out(text, highlight=False)
+
+
+def path_value(text: str) -> Path:
+    """The value of a path option or argument: an empty string is refused (as a path it would name
+    the current folder, where nothing was meant to be read or written)."""
+    if not str(text).strip():
+        raise typer.BadParameter("an empty path: give a file or folder name")
+    return Path(text)
 
 
 def fail(message: str) -> None:
@@ -82,12 +114,17 @@ def first_missing(folder: Path) -> Path | None:
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn a :class:`UserError` into a one-line message and exit code 2."""
+def user_errors(memory_fix: str = "use smaller sizes") -> Iterator[None]:
+    """Turn a :class:`UserError`, or running out of memory (``memory_fix`` says which sizes to lower),
+    into a one-line message and exit code 2."""
     try:
         yield
     except UserError as exc:
         fail(str(exc))
+    except (MemoryError, RuntimeError) as exc:
+        if not out_of_memory(exc):
+            raise
+        fail(f"Out of memory ({memory_detail(exc)}): {memory_fix}")
     except KeyboardInterrupt as exc:
         err_console.print("Interrupted: nothing was written.")
         sys.exit(143 if isinstance(exc, Terminated) else 130)

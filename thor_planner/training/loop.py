@@ -186,13 +186,16 @@ class TrainResult:
         return hits[0] if hits else None
 
     def summary(self) -> dict:
-        """``optimizer``, ``epochs`` (run), ``seconds`` (training), ``test_accuracy`` and ``final_loss``
-        (the last evaluation's mean training loss)."""
+        """``optimizer``, ``epochs`` (run: the last one counts when it was cut short), ``steps``,
+        ``stopped`` (``completed``, ``target`` or ``diverged``), ``seconds`` (training),
+        ``test_accuracy`` and ``final_loss`` (the last evaluation's mean training loss; None when it
+        is not finite)."""
         last = self.records[-1] if self.records else None
-        epochs = self.epochs_run
         return {
             "optimizer": self.config.optimizer,
-            "epochs": int(epochs) if epochs == int(epochs) else round(epochs, 3),
+            "epochs": math.ceil(self.steps / self.steps_per_epoch),
+            "steps": self.steps,
+            "stopped": self.stopped,
             "seconds": round(self.seconds, 4),
             "test_accuracy": last.test_accuracy if last else None,
             "final_loss": last.train_loss if last and math.isfinite(last.train_loss) else None,
