@@ -223,3 +223,14 @@ def test_device_profile_warning_suggests_what_profile_accepts(workdir: Path) -> 
     code, out, err = run("profile", "--model", "cnn", "--batches", "2", "--batch-size", "16", "--device-profile",
                          DEVICE_PROFILE, "--candidates", "16,32,64,128", "--out", "offline16")
     assert code == 0 and "Warning" not in out, out  # following the advice
+
+
+def test_default_output_is_an_ignored_runs_folder(workdir: Path) -> None:
+    """The README's first command writes under runs/ (ignored by git), never over the committed
+    examples in profiles/."""
+    code, out, err = run("profile", "--model", "cnn", *TINY, "--device", "cpu")
+    assert code == 0, err
+    assert out.splitlines()[-1] == "Wrote runs/cnn-cpu/plan.json, report.html, losses.csv, timings.csv"
+    assert not (workdir / "profiles").exists()
+    ignored = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().splitlines()
+    assert "/runs/" in ignored

@@ -21,7 +21,7 @@ from thor_planner.profiling.outputs import check_writable, write_profile, write_
 from thor_planner.planning.plan import Plan
 from thor_planner.planning.planner import Rule, RuleConfig, make_plan
 
-from .console import (BarProgress, console, err_console, first_missing, path_value, print_table,
+from .console import (RUNS, BarProgress, console, err_console, first_missing, path_value, print_table,
                       terminate_as_interrupt, user_errors)
 from .device_cmd import device_profile_cmd
 
@@ -129,7 +129,7 @@ def profile(
     overhead: float = OverheadOpt,
     interval: int = IntervalOpt,
     world_size: int = WorldSizeOpt,
-    out: Path = typer.Option(None, "--out", "-o", parser=path_value, metavar="FOLDER", help="Output folder (default: profiles/<model>-<device>)."),
+    out: Path = typer.Option(None, "--out", "-o", parser=path_value, metavar="FOLDER", help="Output folder (default: runs/<model>-<device>, which git ignores; the committed examples in profiles/ are never written by default)."),
     save_factors: bool = typer.Option(False, "--save-factors", help="Also write the captured factors (factors.pt; hundreds of MB for ResNet-50)."),
     refresh_backends: bool = typer.Option(False, "--refresh-backends", help="Check (and for auto, time) the backends again instead of reusing this device's cached choice."),
 ) -> None:
@@ -159,7 +159,7 @@ def profile(
         )
         dev = resolve_device(cfg.device)
         where = device_slug(target.device) if target is not None else dev.type
-        folder = out or Path("profiles") / f"{model.replace(':', '-').replace('/', '-')}-{where}"
+        folder = out or RUNS / f"{model.replace(':', '-').replace('/', '-')}-{where}"
         created = first_missing(folder)
         bars = BarProgress()
         try:

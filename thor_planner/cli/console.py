@@ -19,6 +19,9 @@ from rich.table import Table
 from thor_planner.utils.errors import UserError, memory_detail, out_of_memory
 from thor_planner.utils.progress import Progress
 
+#: Where runs write by default: ignored by git, apart from the committed examples under profiles/.
+RUNS = Path("runs")
+
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 

@@ -11,7 +11,7 @@ from rich.markup import escape
 from thor_planner.utils.atomic import check_file_target
 from thor_planner.utils.errors import UserError
 
-from .console import BarProgress, console, path_value, print_table, user_errors
+from .console import RUNS, BarProgress, console, path_value, print_table, user_errors
 
 
 def _int_list(text: str | None, option: str, example: str) -> list[int] | None:
@@ -27,7 +27,7 @@ def _int_list(text: str | None, option: str, example: str) -> list[int] | None:
 
 
 def device_profile_cmd(
-    out: Path = typer.Option(None, "--out", "-o", parser=path_value, metavar="FILE", help="Profile file to write (default: profiles/devices/<device>.json)."),
+    out: Path = typer.Option(None, "--out", "-o", parser=path_value, metavar="FILE", help="Profile file to write (default: runs/devices/<device>.json, which git ignores)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     sizes: str = typer.Option(None, "--sizes", help="Block sizes (default: 1 and powers of two from 16 to 2048 on CPU, 4096 on CUDA)."),
     backends: str = typer.Option(None, "--backends", help="Comma-separated backends (default: all that suit the device)."),
@@ -63,7 +63,7 @@ def device_profile_cmd(
             raise UserError(f"Invalid --backends={backends!r}: {', '.join(cuda_only)} runs on CUDA only; on "
                             f"{dev.type} use {', '.join(n for n in BACKENDS if n not in CUDA_ONLY)}")
         info = {k: v for k, v in device_info(dev, "auto").items() if k != "backend"}
-        path = out or Path("profiles") / "devices" / f"{device_slug(info)}.json"
+        path = out or RUNS / "devices" / f"{device_slug(info)}.json"
         check_file_target(path, "--out", f"{device_slug(info)}.json", make_parents=True)  # before a minute of measuring
         bars = BarProgress()
         from thor_planner.timing.device_profile import default_sizes
