@@ -99,6 +99,22 @@ def _summarise(plan: Plan, out: Path | None = None) -> None:
         console.print(escape(f"Wrote {out}"))
 
 
+def _offline_target(path: Path | None, rule: Rule):
+    """The device profile to predict the timings from (None: time on this machine)."""
+    from thor_planner.timing.device_profile import load_device_profile
+
+    if path is None:
+        return None
+    if path.is_dir():
+        raise UserError(f"Device profile '{path}' is a folder: pass the .json file that 'thor-plan device-profile' "
+                        "wrote in it")
+    target = load_device_profile(path)
+    if rule is Rule.budget:
+        raise UserError("--rule budget needs a training step timed on the target device, which --device-profile "
+                        "does not have: use --rule crossover, or profile on the device itself")
+    return target
+
+
 ThresholdOpt = typer.Option(0.01, "--threshold", help="Information-loss threshold (fraction; 0.01 = 1%).")
 OverheadOpt = typer.Option(0.05, "--overhead", help="budget rule: allowed inversion time per step, as a fraction of one training step.")
 IntervalOpt = typer.Option(100, "--interval", help="budget rule: steps between inverse refreshes to amortize over.")
@@ -134,20 +150,14 @@ def profile(
     refresh_backends: bool = typer.Option(False, "--refresh-backends", help="Check (and for auto, time) the backends again instead of reusing this device's cached choice."),
 ) -> None:
     """Measure a model on this machine and write plan.json, report.html, losses.csv, timings.csv."""
-    from thor_planner.timing.device_profile import device_slug, load_device_profile
+    from thor_planner.timing.device_profile import device_slug
     from thor_planner.profiling.profiler import ProfileConfig, run_profile
     from thor_planner.timing.device import resolve_device
     from thor_planner.timing.candidates import TimingConfig
 
     with user_errors("lower --batch-size, --batches or --input-size"):
         rule_cfg = _rule_config(rule, threshold, overhead, interval, world_size)
-        if device_profile is not None and device_profile.is_dir():
-            raise UserError(f"Device profile '{device_profile}' is a folder: pass the .json file that "
-                            "'thor-plan device-profile' wrote in it")
-        target = load_device_profile(device_profile) if device_profile is not None else None
-        if target is not None and rule is Rule.budget:
-            raise UserError("--rule budget needs a training step timed on the target device, which --device-profile "
-                            "does not have: use --rule crossover, or profile on the device itself")
+        target = _offline_target(device_profile, rule)
         if not 0 < time_budget < math.inf:
             raise UserError(f"Invalid --time-budget={time_budget:g}: must be > 0 seconds")
         cfg = ProfileConfig(

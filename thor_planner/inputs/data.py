@@ -310,12 +310,15 @@ def load_batches(data: str, *, input_shape: tuple[int, ...] | None, num_classes:
         source = factory_batches(data, batch_size, batches, seed)
         check_batches(data, source, num_classes)
         return BatchSource(source, f"factory '{data}'", "factory")
+    raise _unknown(data)
+
+
+def _unknown(data: str) -> UserError:
+    """Data that names no source: a file, a folder path that does not exist, or an unknown name."""
     if os.path.isfile(data):
-        raise UserError(f"Data '{data}' is a file: pass the folder of images (one subfolder per class) that holds "
-                        "it, or a factory 'pkg.module:function'")
+        return UserError(f"Data '{data}' is a file: pass the folder of images (one subfolder per class) that holds "
+                         "it, or a factory 'pkg.module:function'")
     if os.sep in data or "/" in data:
-        raise UserError(f"Data folder '{data}' not found: pass a folder with one subfolder of images per class")
-    raise UserError(
-        f"Unknown data '{data}': use 'synthetic', 'digits', 'text', 'tokens', a factory "
-        "'pkg.module:function' or an image folder"
-    )
+        return UserError(f"Data folder '{data}' not found: pass a folder with one subfolder of images per class")
+    return UserError(f"Unknown data '{data}': use 'synthetic', 'digits', 'text', 'tokens', a factory "
+                     "'pkg.module:function' or an image folder")

@@ -161,6 +161,22 @@ def check_model_takes(loaded: LoadedModel, model: torch.nn.Module, source: Batch
         check_batches(data, source.batches, int(out.shape[-1]))
 
 
+def _capture(cfg: ProfileConfig, loaded: LoadedModel, model: torch.nn.Module, source: BatchSource,
+             device: torch.device, advance) -> CapturedFactors:
+    """:func:`capture_factors` on the user's model in training mode, forward and backward on every
+    batch: whatever the model, or torch under it, rejects there is a one-line error."""
+    try:
+        return capture_factors(model, source.batches, fisher=cfg.fisher, skip=skip_pattern(cfg.skip, loaded.planner_skips),
+                               seed=cfg.seed, device=device, progress=advance)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - what the model or torch under it rejects
+        if out_of_memory(exc):
+            raise
+        raise user_code_error(f"Model '{loaded.name}' in training mode on batches of {cfg.batch_size} from data "
+                              f"'{cfg.data}'", exc, "pass data, --batch-size or --input-size it can train on") from None
+
+
 def run_profile(cfg: ProfileConfig, progress: Progress = Progress(),
                 monitor: BusyMonitor | None = None) -> tuple[Measurements, CapturedFactors]:
     """Measure everything the planner needs; nothing is written here.
@@ -197,18 +213,7 @@ def run_profile(cfg: ProfileConfig, progress: Progress = Progress(),
     check_model_takes(loaded, model, source, cfg.data, device)
     torch.manual_seed(cfg.seed)
     with progress.stage("capture factors", len(source.batches)) as advance:
-        try:  # the user's model, in training mode, forward and backward on every batch
-            captured = capture_factors(model, source.batches, fisher=cfg.fisher,
-                                       skip=skip_pattern(cfg.skip, loaded.planner_skips),
-                                       seed=cfg.seed, device=device, progress=advance)
-        except (UserError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # noqa: BLE001 - what the model or torch under it rejects
-            if out_of_memory(exc):
-                raise
-            raise user_code_error(f"Model '{loaded.name}' in training mode on batches of {cfg.batch_size} from data "
-                                  f"'{cfg.data}'", exc, "pass data, --batch-size or --input-size it can train on"
-                                  ) from None
+        captured = _capture(cfg, loaded, model, source, device, advance)
     for entry in captured.skipped:  # the model's rule says why (dimension and cost), not the regex
         if entry["name"] in loaded.planner_skips:
             entry["reason"] = loaded.planner_skips[entry["name"]]
