@@ -234,3 +234,20 @@ def test_default_output_is_an_ignored_runs_folder(workdir: Path) -> None:
     assert not (workdir / "profiles").exists()
     ignored = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().splitlines()
     assert "/runs/" in ignored
+
+
+@pytest.mark.parametrize("width, boxed", [(200, True), (60, False)])
+def test_tables_never_cut_a_cell(width: int, boxed: bool) -> None:
+    """A terminal wide enough gets rich's box; a narrow one, like a pipe, the plain table: every
+    cell whole either way."""
+    from rich.console import Console
+
+    from thor_planner.cli.console import print_table
+
+    name = "bert.encoder.layer.11.attention.output.dense"
+    buf = io.StringIO()
+    print_table(Console(file=buf, force_terminal=True, width=width, color_system=None),
+                ["layer", "kind", "A dim", "A split"], [[name, "linear", "769", "256"]])
+    text = buf.getvalue()
+    assert ("┃ layer" in text) is boxed
+    assert any(line.strip(" │").startswith(name) for line in text.splitlines()), text

@@ -50,19 +50,18 @@ class BarProgress(Progress):
 
 def print_table(where: Console, columns: list[str], rows: list[list[str]], title: str | None = None,
                 right: int = 1) -> None:
-    """A table whose cells are printed whole: rich's box drawing on a terminal (a cell too wide for
-    it folds onto more lines, never cut), plain aligned text when the output is piped or redirected
-    (one line per row, columns two spaces apart, for grep and cut). Columns from ``right`` on are
-    right-aligned (numbers)."""
-    if where.is_terminal:
+    """A table whose cells are printed whole: rich's box drawing on a terminal wide enough for it,
+    else (piped, redirected or a narrow terminal) plain aligned text, one line per row, columns two
+    spaces apart (for grep and cut). Columns from ``right`` on are right-aligned (numbers)."""
+    widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, name in enumerate(columns)]
+    if where.is_terminal and sum(widths) + 3 * len(widths) + 1 <= where.width:
         table = Table(title=title)
         for i, name in enumerate(columns):
-            table.add_column(name, justify="right" if i >= right else "left", overflow="fold")
+            table.add_column(name, justify="right" if i >= right else "left", no_wrap=True)
         for row in rows:
             table.add_row(*(escape(cell) for cell in row))
         where.print(table)
         return
-    widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, name in enumerate(columns)]
 
     def line(cells: list[str]) -> str:
         return "  ".join(c.rjust(w) if i >= right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
