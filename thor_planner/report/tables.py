@@ -126,7 +126,7 @@ def provenance(plan: Plan) -> str:
         ("Model", [("name", _esc(m.get("name", "?"))), ("source", _esc(m.get("source", "?"))),
                    ("parameters", f"{params:,}" if isinstance(params, int) else _esc(params))]),
         ("Data &amp; capture", [("data", data)] + [(k, _esc(c[k])) for k in
-                                                   ("batches", "batch_size", "input_size", "fisher", "seed") if k in c]),
+                                                   ("batches", "batch_size", "input_size", "input_shape", "fisher", "seed") if k in c]),
         ("Device", [("type", _esc(d.get("type", "?"))), ("name", dev_name), ("threads", _esc(d.get("threads", "?"))),
                     ("torch", _esc(d.get("torch", "?"))), ("cuda", _esc(d.get("cuda") or "–")),
                     ("backend", backend), ("dtype", _esc(d.get("dtype", "?")))]),
