@@ -86,8 +86,9 @@ def test_show_prints_the_plan(profiled_dir: Path) -> None:
     assert "data: synthetic, 2×16 samples, Fisher sampled · rule crossover, loss threshold 0.01\n" in out
     assert re.search(rf"^Global split {plan.split_dim} \(crossover at b≈\d+(, interval b≈\d+–\d+)?\) for 4 layers$",
                      out, re.M), out
-    for lp in plan.layers:
-        assert re.search(rf"│ {lp.name} +│ {lp.kind} +│ {lp.a_dim} +│ {lp.a_split} +│", out), out
+    assert re.search(r"^layer +kind +A dim +A split +A loss +G dim +G split +G loss$", out, re.M), out
+    for lp in plan.layers:  # piped: a plain table, one whole line per layer
+        assert re.search(rf"^{lp.name} +{lp.kind} +{lp.a_dim} +{lp.a_split} +{lp.a_loss:.3f} +{lp.g_dim} ", out, re.M), out
 
 
 def test_plan_from_replans_without_measuring(profile_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,13 +5,13 @@ Thin by design: parse, call :mod:`thor_planner`, print.
 
 from __future__ import annotations
 
+import math
 import shutil
 from enum import Enum
 from pathlib import Path
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from thor_planner import __version__
 from thor_planner.utils.errors import UserError
@@ -21,7 +21,8 @@ from thor_planner.profiling.outputs import check_writable, write_profile, write_
 from thor_planner.planning.plan import Plan
 from thor_planner.planning.planner import Rule, RuleConfig, make_plan
 
-from .console import BarProgress, console, err_console, first_missing, terminate_as_interrupt, user_errors
+from .console import (RUNS, BarProgress, console, err_console, first_missing, path_value, print_table,
+                      terminate_as_interrupt, user_errors)
 from .device_cmd import device_profile_cmd
 
 app = typer.Typer(
@@ -60,7 +61,7 @@ def main_options(
 def _rule_config(rule: Rule, threshold: float, overhead: float, interval: int, world_size: int = 1) -> RuleConfig:
     if not 0 < threshold < 1:
         raise UserError(f"Invalid --threshold={threshold:g}: must be in (0, 1), e.g. 0.01 for 1%")
-    if not overhead > 0:
+    if not 0 < overhead < math.inf:
         raise UserError(f"Invalid --overhead={overhead:g}: must be > 0, e.g. 0.05 for 5% of a training step")
     if interval < 1:
         raise UserError(f"Invalid --interval={interval}: must be >= 1 step")
@@ -98,6 +99,22 @@ def _summarise(plan: Plan, out: Path | None = None) -> None:
         console.print(escape(f"Wrote {out}"))
 
 
+def _offline_target(path: Path | None, rule: Rule):
+    """The device profile to predict the timings from (None: time on this machine)."""
+    from thor_planner.timing.device_profile import load_device_profile
+
+    if path is None:
+        return None
+    if path.is_dir():
+        raise UserError(f"Device profile '{path}' is a folder: pass the .json file that 'thor-plan device-profile' "
+                        "wrote in it")
+    target = load_device_profile(path)
+    if rule is Rule.budget:
+        raise UserError("--rule budget needs a training step timed on the target device, which --device-profile "
+                        "does not have: use --rule crossover, or profile on the device itself")
+    return target
+
+
 ThresholdOpt = typer.Option(0.01, "--threshold", help="Information-loss threshold (fraction; 0.01 = 1%).")
 OverheadOpt = typer.Option(0.05, "--overhead", help="budget rule: allowed inversion time per step, as a fraction of one training step.")
 IntervalOpt = typer.Option(100, "--interval", help="budget rule: steps between inverse refreshes to amortize over.")
@@ -108,7 +125,7 @@ WorldSizeOpt = typer.Option(1, "--world-size", help="Data-parallel ranks the pla
 @app.command()
 def profile(
     model: str = typer.Option("resnet50", "--model", "-m", help="Built-in (resnet50, resnet18, cnn, mlp, bert-base, bert-tiny, gpt-tiny, gpt-small), 'pkg.module:factory', or torchvision:/timm:/hf: names when they import."),
-    weights: Path = typer.Option(None, "--weights", help="State dict to load (torch.load with weights_only=True)."),
+    weights: Path = typer.Option(None, "--weights", parser=path_value, metavar="FILE", help="State dict to load (torch.load with weights_only=True)."),
     num_classes: int = typer.Option(None, "--num-classes", help="Classes of the model's head (built-ins and factories that take num_classes)."),
     data: str = typer.Option("synthetic", "--data", help="'synthetic' (default; random tokens for token models), 'digits', 'text' or 'tokens' (masked LMs), 'stdlib' or 'tokens' (causal LMs: the standard library's source, next-byte labels), 'pkg.module:factory' yielding (inputs, labels), or an image folder."),
     batches: int = typer.Option(2, "--batches", help="Batches to capture factors on."),
@@ -121,30 +138,27 @@ def profile(
     candidates: str = typer.Option(None, "--candidates", help="Comma-separated splits to evaluate (default: 1 and powers of two from 16)."),
     max_split: int = typer.Option(2048, "--max-split", help="Largest default candidate."),
     backend: str = typer.Option(None, "--backend", help=f"Inversion backend: auto (fastest accurate per block size; the default on CUDA) or one of {', '.join(sorted(BACKENDS))} (default on CPU: {DEFAULT_BACKEND})."),
-    device_profile: Path = typer.Option(None, "--device-profile", help="Plan offline: predict inversion times from this file (written by 'thor-plan device-profile' on the target device) instead of timing here."),
+    device_profile: Path = typer.Option(None, "--device-profile", parser=path_value, metavar="FILE", help="Plan offline: predict inversion times from this file (written by 'thor-plan device-profile' on the target device) instead of timing here."),
     time_budget: float = typer.Option(1.0, "--time-budget", help="Seconds of repeats per candidate after warm-up."),
     rule: Rule = RuleOpt,
     threshold: float = ThresholdOpt,
     overhead: float = OverheadOpt,
     interval: int = IntervalOpt,
     world_size: int = WorldSizeOpt,
-    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: profiles/<model>-<device>)."),
+    out: Path = typer.Option(None, "--out", "-o", parser=path_value, metavar="FOLDER", help="Output folder (default: runs/<model>-<device>, which git ignores; the committed examples in profiles/ are never written by default)."),
     save_factors: bool = typer.Option(False, "--save-factors", help="Also write the captured factors (factors.pt; hundreds of MB for ResNet-50)."),
     refresh_backends: bool = typer.Option(False, "--refresh-backends", help="Check (and for auto, time) the backends again instead of reusing this device's cached choice."),
 ) -> None:
     """Measure a model on this machine and write plan.json, report.html, losses.csv, timings.csv."""
-    from thor_planner.timing.device_profile import device_slug, load_device_profile
+    from thor_planner.timing.device_profile import device_slug
     from thor_planner.profiling.profiler import ProfileConfig, run_profile
     from thor_planner.timing.device import resolve_device
     from thor_planner.timing.candidates import TimingConfig
 
-    with user_errors():
+    with user_errors("lower --batch-size, --batches or --input-size"):
         rule_cfg = _rule_config(rule, threshold, overhead, interval, world_size)
-        target = load_device_profile(device_profile) if device_profile is not None else None
-        if target is not None and rule is Rule.budget:
-            raise UserError("--rule budget needs a training step timed on the target device, which --device-profile "
-                            "does not have: use --rule crossover, or profile on the device itself")
-        if not time_budget > 0:
+        target = _offline_target(device_profile, rule)
+        if not 0 < time_budget < math.inf:
             raise UserError(f"Invalid --time-budget={time_budget:g}: must be > 0 seconds")
         cfg = ProfileConfig(
             model=model, weights=str(weights) if weights else None, num_classes=num_classes, data=data,
@@ -155,7 +169,7 @@ def profile(
         )
         dev = resolve_device(cfg.device)
         where = device_slug(target.device) if target is not None else dev.type
-        folder = out or Path("profiles") / f"{model.replace(':', '-').replace('/', '-')}-{where}"
+        folder = out or RUNS / f"{model.replace(':', '-').replace('/', '-')}-{where}"
         created = first_missing(folder)
         bars = BarProgress()
         try:
@@ -178,7 +192,7 @@ def profile(
 
 @app.command("plan")
 def plan_cmd(
-    from_: Path = typer.Option(..., "--from", help="A folder written by 'thor-plan profile' (needs losses.csv and timings.csv)."),
+    from_: Path = typer.Option(..., "--from", parser=path_value, metavar="FOLDER", help="A folder written by 'thor-plan profile' (needs losses.csv and timings.csv)."),
     rule: Rule = RuleOpt,
     threshold: float = ThresholdOpt,
     overhead: float = OverheadOpt,
@@ -197,7 +211,7 @@ def plan_cmd(
 
 @app.command()
 def report(
-    folder: Path = typer.Argument(..., help="A folder written by 'thor-plan profile'."),
+    folder: Path = typer.Argument(..., parser=path_value, metavar="FOLDER", help="A folder written by 'thor-plan profile'."),
 ) -> None:
     """Re-render report.html from the folder's plan.json and CSVs."""
     from thor_planner.report.html import build_report
@@ -218,7 +232,7 @@ def report(
 
 
 @app.command()
-def show(plan_path: Path = typer.Argument(..., metavar="PLAN", help="A plan.json file.")) -> None:
+def show(plan_path: Path = typer.Argument(..., metavar="PLAN", parser=path_value, help="A plan.json file.")) -> None:
     """Print a plan's provenance, rule, global split and per-layer splits."""
     with user_errors():
         plan = Plan.load(plan_path)
@@ -230,11 +244,9 @@ def show(plan_path: Path = typer.Argument(..., metavar="PLAN", help="A plan.json
                          f"Fisher {cap.get('fisher')} · rule {plan.rule.get('name')}, "
                          f"loss threshold {plan.rule.get('loss_threshold'):g}"))
     _summarise(plan)
-    table = Table("layer", "kind", "A dim", "A split", "A loss", "G dim", "G split", "G loss")
-    for lp in plan.layers:
-        table.add_row(escape(lp.name), lp.kind, str(lp.a_dim), str(lp.a_split), f"{lp.a_loss:.3f}",
-                      str(lp.g_dim), str(lp.g_split), f"{lp.g_loss:.3f}")
-    console.print(table)
+    rows = [[lp.name, lp.kind, str(lp.a_dim), str(lp.a_split), f"{lp.a_loss:.3f}", str(lp.g_dim), str(lp.g_split),
+             f"{lp.g_loss:.3f}"] for lp in plan.layers]
+    print_table(console, ["layer", "kind", "A dim", "A split", "A loss", "G dim", "G split", "G loss"], rows, right=2)
     for s in plan.skipped:
         console.print(escape(f"skipped {s['name']}: {s['reason']}"))
 
@@ -261,7 +273,7 @@ def main() -> None:
     import sys
 
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="thor-plan")
     except typer.Abort:
         err_console.print("Interrupted: nothing was written.")
         sys.exit(130)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
+from thor_planner.utils.atomic import check_file_target
 from thor_planner.utils.errors import UserError
 
-from .console import BarProgress, console, user_errors
+from .console import RUNS, BarProgress, console, path_value, print_table, user_errors
 
 
 def _int_list(text: str | None, option: str, example: str) -> list[int] | None:
@@ -26,7 +27,7 @@ def _int_list(text: str | None, option: str, example: str) -> list[int] | None:
 
 
 def device_profile_cmd(
-    out: Path = typer.Option(None, "--out", "-o", help="Profile file to write (default: profiles/devices/<device>.json)."),
+    out: Path = typer.Option(None, "--out", "-o", parser=path_value, metavar="FILE", help="Profile file to write (default: runs/devices/<device>.json, which git ignores)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     sizes: str = typer.Option(None, "--sizes", help="Block sizes (default: 1 and powers of two from 16 to 2048 on CPU, 4096 on CUDA)."),
     backends: str = typer.Option(None, "--backends", help="Comma-separated backends (default: all that suit the device)."),
@@ -42,10 +43,10 @@ def device_profile_cmd(
     from thor_planner.inversion.backends import BACKENDS
     from thor_planner.timing.device import DEVICES, device_info, resolve_device
 
-    with user_errors():
+    with user_errors("lower --sizes or --counts"):
         if device not in DEVICES:
             raise UserError(f"Invalid --device={device!r}: use auto, cpu or cuda")
-        if not cell_budget > 0:
+        if not 0 < cell_budget < math.inf:
             raise UserError(f"Invalid --cell-budget={cell_budget:g}: must be > 0 seconds")
         size_list = _int_list(sizes, "--sizes", "1,16,64,256")
         count_list = _int_list(counts, "--counts", "1,4,16,64") or list(DEFAULT_COUNTS)
@@ -62,7 +63,8 @@ def device_profile_cmd(
             raise UserError(f"Invalid --backends={backends!r}: {', '.join(cuda_only)} runs on CUDA only; on "
                             f"{dev.type} use {', '.join(n for n in BACKENDS if n not in CUDA_ONLY)}")
         info = {k: v for k, v in device_info(dev, "auto").items() if k != "backend"}
-        path = out or Path("profiles") / "devices" / f"{device_slug(info)}.json"
+        path = out or RUNS / "devices" / f"{device_slug(info)}.json"
+        check_file_target(path, "--out", f"{device_slug(info)}.json", make_parents=True)  # before a minute of measuring
         bars = BarProgress()
         from thor_planner.timing.device_profile import default_sizes
 
@@ -72,16 +74,15 @@ def device_profile_cmd(
         try:
             profile.save(path)
         except OSError as exc:
-            raise UserError(f"Cannot write device profile '{path}' ({exc.strerror or exc}): choose another --out") from None
+            raise UserError(f"Cannot write --out '{path}' ({exc.strerror or exc}): choose another --out") from None
     model = profile.cost_model()
-    table = Table("block size", "fastest at 64 blocks", "µs / block", "backends measured")
+    rows = []
     for size in profile.sizes:
         measured = [n for n, cells in profile.backends.items() if size in cells]
-        if not measured:
-            continue
-        best, seconds = model.best(size, 64, measured)
-        table.add_row(str(size), best, f"{seconds / 64 * 1e6:.1f}", str(len(measured)))
-    console.print(table)
+        if measured:
+            best, seconds = model.best(size, 64, measured)
+            rows.append([str(size), best, f"{seconds / 64 * 1e6:.1f}", str(len(measured))])
+    print_table(console, ["block size", "fastest at 64 blocks", "µs / block", "backends measured"], rows, right=2)
     for entry in profile.excluded:
         console.print(escape(f"excluded {entry['backend']} at size {entry['size']}: {entry['reason']}"))
     console.print(escape(f"Measured {info['name']} ({dev.type}) in {profile.wall_seconds:.1f} s; wrote {path}"))

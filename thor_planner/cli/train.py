@@ -9,36 +9,25 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
+from thor_planner.utils.atomic import check_file_target
 from thor_planner.utils.errors import UserError
 
-from .console import BarProgress, console, err_console, user_errors
+from thor_planner.training.optimizers import OPTIMIZERS
+from thor_planner.training.workloads import DATA, TRAIN_MODELS
+
+from .console import BarProgress, console, err_console, path_value, print_table, user_errors
 
 
-class OptimizerChoice(str, Enum):
-    thor = "thor"
-    thor_128 = "thor-128"
-    kfac = "kfac"
-    sgd = "sgd"
-    adamw = "adamw"
-    mlbfgs = "mlbfgs"
-    lamb = "lamb"
+def _choices(name: str, values) -> type[Enum]:
+    """A typer choice list read from a registry (the values are their own names)."""
+    return Enum(name, {v: v for v in values}, type=str)
 
 
-class TrainModelChoice(str, Enum):
-    cnn = "cnn"
-    mlp = "mlp"
-    mlp_wide = "mlp-wide"
-    resnet18 = "resnet18"
-    bert_tiny = "bert-tiny"
-
-
-class TrainDataChoice(str, Enum):
-    digits = "digits"
-    synthetic = "synthetic"
-    text = "text"
-    tokens = "tokens"
+#: Read from the registries, so a registered optimizer or training model is a choice here too.
+OptimizerChoice = _choices("OptimizerChoice", OPTIMIZERS)
+TrainModelChoice = _choices("TrainModelChoice", TRAIN_MODELS)
+TrainDataChoice = _choices("TrainDataChoice", DATA)
 
 
 class GraftChoice(str, Enum):
@@ -60,72 +49,107 @@ class _TrainBars(BarProgress):
         self.lines = lines
 
     def note(self, message: str) -> None:
+        if message.startswith("Stopped at step") and "not finite" in message:
+            return  # the command reports a diverged run itself, as its one error line
         self.lines.print(escape(message), highlight=False)
 
 
-def _check_out(out: Path | None) -> None:
-    if out is None:
-        return
-    if out.is_dir():
-        raise UserError(f"Cannot write --out '{out}': it is a folder; pass a file name such as '{out / 'train.csv'}'")
-    if not out.parent.is_dir():
-        raise UserError(f"Cannot write --out '{out}': folder '{out.parent}' does not exist")
-
-
 def _print_stats(stats: dict, where: Console) -> None:
-    table = Table("layer", "updates", "keeps", "stops", "frozen", "last Δ", title="THOR trace rule")
-    for name, s in stats["layers"].items():
-        delta = "—" if s["last_delta"] is None else f"{s['last_delta']:.4g}"
-        table.add_row(escape(name), str(s["updates"]), str(s["keeps"]), str(s["stops"]),
-                      "yes" if s["frozen"] else "no", delta)
-    where.print(table)
+    rows = [[name, str(s["updates"]), str(s["keeps"]), str(s["stops"]), "yes" if s["frozen"] else "no",
+             "—" if s["last_delta"] is None else f"{s['last_delta']:.4g}"] for name, s in stats["layers"].items()]
+    print_table(where, ["layer", "updates", "keeps", "stops", "frozen", "last Δ"], rows, title="THOR trace rule")
     where.print(f"step {stats['step']}, interval {stats['interval']}, damping {stats['damping']:.4g}, "
                 f"skipped steps {stats['skipped_steps']}", highlight=False)
 
 
+def _optimizers_help() -> str:
+    return "; ".join(f"{name}: {spec.summary}" for name, spec in OPTIMIZERS.items()) + "."
+
+
 def train_cmd(
-    model: TrainModelChoice = typer.Option(TrainModelChoice.cnn, "--model", "-m", help="cnn, mlp (hidden 128), mlp-wide (hidden 512) or resnet18 (1 input channel), which take 1×8×8 inputs, 10 classes; or bert-tiny (masked LM on 128 byte tokens, --data text or tokens)."),
-    data: TrainDataChoice = typer.Option(TrainDataChoice.digits, "--data", help="digits (scikit-learn's 8×8 digits, 80/20 split) or synthetic (fixed inputs labelled by a fixed random linear teacher); for bert-tiny: text (Python's bundled documentation, 90/10 split, 15% masked; accuracy over masked tokens) or tokens (random)."),
-    optimizer: OptimizerChoice = typer.Option(OptimizerChoice.thor, "--optimizer", help="thor (the plan's splits; profiles the model first without --plan), thor-128 (split 128), kfac (dense factors), sgd (momentum 0.9), adamw, mlbfgs (momentum-based L-BFGS) or lamb (AdamW with a per-tensor trust ratio)."),
-    plan: Path = typer.Option(None, "--plan", help="plan.json for --optimizer thor (written by 'thor-plan profile' for this model)."),
+    model: TrainModelChoice = typer.Option("cnn", "--model", "-m", help="cnn, mlp (hidden 128), mlp-wide (hidden 512) or resnet18 (1 input channel), which take 1×8×8 inputs, 10 classes; bert-tiny (masked LM on 128 byte tokens, --data text or tokens); gpt-tiny or gpt-small (byte-level causal LMs, --data stdlib or tokens, measured in validation bits per byte)."),
+    data: TrainDataChoice = typer.Option("digits", "--data", help="digits (scikit-learn's 8×8 digits, 80/20 split) or synthetic (fixed inputs labelled by a fixed random linear teacher); for bert-tiny: text (Python's bundled documentation, 90/10 split, 15% masked; accuracy over masked tokens) or tokens (random); for gpt-*: stdlib (the standard library's source, split by file) or tokens (random bytes)."),
+    optimizer: OptimizerChoice = typer.Option("thor", "--optimizer", help=_optimizers_help()),
+    plan: Path = typer.Option(None, "--plan", parser=path_value, metavar="FILE", help="plan.json for --optimizer thor (written by 'thor-plan profile' for this model)."),
     epochs: int = typer.Option(10, "--epochs", help="Passes over the training split."),
+    steps: int = typer.Option(None, "--steps", help="Train exactly this many steps (replaces --epochs; the budget for gpt-*, whose batches are random windows)."),
     graft: GraftChoice = typer.Option(GraftChoice.sgd, "--graft", help="THOR variants: whose settings the step takes — sgd (each layer's step has SGD's length; momentum 0.9), adamw (a drop-in for AdamW: Adam's filtered gradient is preconditioned and takes AdamW's length per layer; embeddings and LayerNorm get AdamW; the choice for transformers) or none (raw natural gradient)."),
     lr: float = typer.Option(None, "--lr", help="Peak learning rate (default: thor/thor-128/kfac 0.1 and sgd 0.1 — THOR steps take SGD's length —, with --graft adamw AdamW's 0.01, adamw 0.01, mlbfgs 1.0, lamb 0.05)."),
     lr_schedule: LrScheduleChoice = typer.Option(LrScheduleChoice.cosine, "--lr-schedule", help="cosine (to 0 over the run, per step) or constant; the same for every optimizer."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Samples per step."),
-    seed: int = typer.Option(0, "--seed", help="Seed for initialisation, shuffling and the planless profile."),
-    weight_decay: float = typer.Option(5e-4, "--weight-decay", help="Weight decay (decoupled for adamw and lamb)."),
+    warmup: float = typer.Option(0.0, "--warmup", help="Linear warm-up over this fraction of the steps, before the schedule (e.g. 0.05)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Samples (sequences for language models) per step."),
+    seed: int = typer.Option(0, "--seed", help="Seed for initialisation, batches and the planless profile."),
+    weight_decay: float = typer.Option(5e-4, "--weight-decay", help="Weight decay (decoupled for adamw, lamb and THOR with --graft adamw)."),
     eval_every: int = typer.Option(None, "--eval-every", help="Also evaluate every N steps (default: once per epoch)."),
-    out: Path = typer.Option(None, "--out", "-o", help="CSV of epoch, step, seconds (training only), train_loss, test_loss, test_accuracy per evaluation (written atomically)."),
+    target: float = typer.Option(None, "--target", help="Stop at the first evaluation that reaches this test accuracy (validation bits per byte for gpt-*)."),
+    out: Path = typer.Option(None, "--out", "-o", parser=path_value, metavar="FILE", help="CSV of epoch, step, seconds (training only), train_loss, test_loss, test_accuracy (and bits_per_byte for gpt-*) per evaluation (written atomically)."),
     json_out: bool = typer.Option(False, "--json", help="Print only one JSON summary line on stdout (everything else goes to stderr)."),
 ) -> None:
     """Train a small model and report loss and accuracy against training time.
 
     Logs per-epoch loss and accuracy and, for THOR variants, the trace rule's per-layer update / keep / stop counts, the update interval and the damping.
     """
-    from thor_planner.utils.atomic import atomic_write_text
-    from thor_planner.training.loop import TrainConfig, train
+    from thor_planner.training.loop import TrainConfig
 
     lines = err_console if json_out else console
-    with user_errors():
+    with user_errors("lower --batch-size"):
         config = TrainConfig(model=model.value, data=data.value, optimizer=optimizer.value, plan=plan,
-                             epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, weight_decay=weight_decay,
-                             lr_schedule=lr_schedule.value, eval_every=eval_every,
+                             epochs=epochs, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                             weight_decay=weight_decay, lr_schedule=lr_schedule.value, warmup=warmup,
+                             eval_every=eval_every, target=target,
                              graft=None if graft is GraftChoice.none else graft.value)
-        _check_out(out)
-        result = train(config, _TrainBars(lines))
         if out is not None:
+            check_file_target(out, "--out", "train.csv")
+        result, caught = _run(config, lines)
+        summary = result.summary()
+        if result.stopped == "diverged":
+            if json_out:
+                typer.echo(json.dumps(summary))
+            raise UserError(_diverged(result))
+        if out is not None:
+            from thor_planner.utils.atomic import atomic_write_text
+
             atomic_write_text(out, result.to_csv())
-    summary = result.summary()
+    _report(result, summary, caught, out, json_out, lines)
+
+
+def _run(config, lines: Console):
+    """Train, holding back Python's warnings (THOR's skipped-step ones point into this command, not
+    into anything the user wrote); a run that THOR stops as diverged is a one-line error."""
+    import warnings
+
+    from thor_planner.optim import DivergedError
+    from thor_planner.training.loop import train
+
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            result = train(config, _TrainBars(lines))
+        except DivergedError as exc:
+            raise UserError(f"{exc}: pass a lower --lr") from None
+    return result, [str(w.message).splitlines()[0] for w in caught]
+
+
+def _diverged(result) -> str:
+    c = result.config
+    at = f"step {result.steps} of {c.steps or result.steps_per_epoch * c.epochs} (epoch {result.summary()['epochs']})"
+    return (f"Training diverged at {at}: the training loss is NaN or Inf; lower --lr (this run used "
+            f"{c.learning_rate:g}{'' if c.lr is not None else ', the default for ' + c.optimizer})")
+
+
+def _report(result, summary: dict, caught: list[str], out: Path | None, json_out: bool, lines: Console) -> None:
     if result.optimizer_stats is not None:
         _print_stats(result.optimizer_stats, lines)
+    if caught:
+        more = f" ({len(caught)} warnings in all)" if len(caught) > 1 else ""
+        lines.print(escape(f"Warning: {caught[-1]}{more}"), highlight=False)
     if out is not None:
         lines.print(escape(f"Wrote {out}"), highlight=False)
     if json_out:
         typer.echo(json.dumps(summary))
     else:
-        console.print(f"[bold]{summary['optimizer']}[/]: test accuracy {summary['test_accuracy']:.4f}, final loss "
+        metric = (f"validation {summary['bits_per_byte']:.4f} bits/byte" if "bits_per_byte" in summary
+                  else f"test accuracy {summary['test_accuracy']:.4f}")
+        budget = f"{summary['steps']} steps" if result.config.steps else f"{summary['epochs']} epochs"
+        console.print(f"[bold]{summary['optimizer']}[/]: {metric}, final loss "
                       f"{summary['final_loss'] if summary['final_loss'] is None else round(summary['final_loss'], 4)}, "
-                      f"{summary['epochs']} epochs in {summary['seconds']:.2f} s of training", highlight=False)
-    if result.stopped == "diverged":
-        raise typer.Exit(code=1)
+                      f"{budget} in {summary['seconds']:.2f} s of training", highlight=False)

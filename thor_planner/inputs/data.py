@@ -26,8 +26,8 @@ import torch
 from thor_planner.inputs import stdlib
 from thor_planner.inputs import text as text_data
 from thor_planner.inputs.causal import BYTE_VOCAB
-from thor_planner.utils.errors import UserError
-from thor_planner.utils.imports import accepted_kwargs, import_object
+from thor_planner.utils.errors import UserError, out_of_memory
+from thor_planner.utils.imports import accepted_kwargs, call_factory, import_object, user_code_error
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -181,10 +181,8 @@ def _describe(item: object) -> str:
     return type(item).__name__
 
 
-def _factory_error(spec: str, exc: Exception) -> UserError:
-    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
-    return UserError(f"Data factory '{spec}' raised {type(exc).__name__}" + (f" ({first})" if first else "")
-                     + ": fix the factory, or pass other data with --data")
+#: How to fix a data factory that fails.
+DATA_FACTORY_FIX = "fix the factory, or pass other data with --data"
 
 
 def factory_batches(spec: str, batch_size: int, batches: int, seed: int) -> list[Batch]:
@@ -194,10 +192,8 @@ def factory_batches(spec: str, batch_size: int, batches: int, seed: int) -> list
     return an iterable (a DataLoader, a list, a generator) of ``(inputs, labels)`` tensor pairs.
     """
     fn = import_object(spec, "data factory")
-    try:
-        result = fn(**accepted_kwargs(fn, {"batch_size": batch_size, "seed": seed}))
-    except Exception as exc:  # noqa: BLE001 - any failure in user code is a user error here
-        raise _factory_error(spec, exc) from None
+    result = call_factory(fn, spec, "data factory", accepted_kwargs(fn, {"batch_size": batch_size, "seed": seed}),
+                          DATA_FACTORY_FIX)
     if not isinstance(result, Iterable):
         raise UserError(
             f"Data factory '{spec}' must return an iterable of (inputs, labels) pairs, "
@@ -211,7 +207,9 @@ def factory_batches(spec: str, batch_size: int, batches: int, seed: int) -> list
         except StopIteration:
             break
         except Exception as exc:  # noqa: BLE001 - raised while iterating the user's data
-            raise _factory_error(spec, exc) from None
+            if out_of_memory(exc):
+                raise
+            raise user_code_error(f"Data factory '{spec}'", exc, DATA_FACTORY_FIX) from None
         if not (isinstance(item, (tuple, list)) and len(item) == 2
                 and all(isinstance(v, torch.Tensor) for v in item)):
             raise UserError(
@@ -363,7 +361,15 @@ def load_batches(data: str, *, input_shape: tuple[int, ...] | None, num_classes:
         source = factory_batches(data, batch_size, batches, seed)
         check_batches(data, source, num_classes)
         return BatchSource(source, f"factory '{data}'", "factory")
-    raise UserError(
-        f"Unknown data '{data}': use 'synthetic', 'digits', 'text', 'tokens', 'stdlib', a factory "
-        "'pkg.module:function' or an image folder"
-    )
+    raise _unknown(data)
+
+
+def _unknown(data: str) -> UserError:
+    """Data that names no source: a file, a folder path that does not exist, or an unknown name."""
+    if os.path.isfile(data):
+        return UserError(f"Data '{data}' is a file: pass the folder of images (one subfolder per class) that holds "
+                         "it, or a factory 'pkg.module:function'")
+    if os.sep in data or "/" in data:
+        return UserError(f"Data folder '{data}' not found: pass a folder with one subfolder of images per class")
+    return UserError(f"Unknown data '{data}': use 'synthetic', 'digits', 'text', 'tokens', 'stdlib', a factory "
+                     "'pkg.module:function' or an image folder")

@@ -20,8 +20,8 @@ from torch import nn
 
 from thor_planner.inputs.causal import gpt_small, gpt_tiny
 from thor_planner.inputs.transformer import bert_base, bert_tiny, hf_model, planner_skips
-from thor_planner.utils.errors import UserError
-from thor_planner.utils.imports import accepted_kwargs, import_object
+from thor_planner.utils.errors import UserError, first_line
+from thor_planner.utils.imports import accepted_kwargs, call_factory, import_object
 
 # --------------------------------------------------------------------------------------- ResNet
 
@@ -247,7 +247,7 @@ def _from_factory(spec: str, num_classes: int | None) -> tuple[nn.Module, tuple[
                 f"Model factory '{spec}' takes no num_classes argument: "
                 "drop --num-classes or add a num_classes parameter to the factory"
             )
-    obj = fn(**kwargs)
+    obj = call_factory(fn, spec, "model factory", kwargs, "fix the factory, or pass another --model")
     if not isinstance(obj, nn.Module):
         raise UserError(
             f"Model factory '{spec}' returned {type(obj).__name__}, expected a torch.nn.Module"
@@ -279,14 +279,7 @@ def _from_hub(name: str, num_classes: int | None) -> nn.Module:
             return getattr(tv_models, arch)(weights=None, **kwargs)
         return timm.create_model(arch, pretrained=False, **kwargs)
     except (ValueError, RuntimeError, AttributeError, KeyError) as exc:
-        raise UserError(f"Unknown {lib} model '{arch}': {_first_line(exc)}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first informative line of an error (skipping torch's 'Error(s) in loading' header)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    lines = [ln for ln in lines if not ln.startswith("Error(s) in loading")] or lines
-    return lines[0] if lines else type(exc).__name__
+        raise UserError(f"Unknown {lib} model '{arch}': {first_line(exc)}") from exc
 
 
 def _is_torch_save_file(path: str) -> bool:
@@ -306,6 +299,9 @@ def load_weights(model: nn.Module, path: str, name: str) -> None:
 
     The file may hold the state dict itself or a dict with a ``"state_dict"`` or ``"model"`` key.
     """
+    if os.path.isdir(path):
+        raise UserError(f"Weights file '{path}' is a folder: pass the file written by "
+                        "torch.save(model.state_dict(), PATH) to --weights")
     if not os.path.isfile(path):
         raise UserError(f"Weights file '{path}' not found: pass an existing file to --weights")
     if not _is_torch_save_file(path):
@@ -314,7 +310,7 @@ def load_weights(model: nn.Module, path: str, name: str) -> None:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle, zip and IO errors all mean "unreadable"
-        raise UserError(f"Cannot read weights file '{path}': {_first_line(exc)}") from exc
+        raise UserError(f"Cannot read weights file '{path}': {first_line(exc)}") from exc
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -336,7 +332,7 @@ def load_weights(model: nn.Module, path: str, name: str) -> None:
         model.load_state_dict(obj, strict=True)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise UserError(
-            f"Weights file '{path}' does not match model '{name}': {_first_line(exc)}"
+            f"Weights file '{path}' does not match model '{name}': {first_line(exc)}"
         ) from exc
 
 

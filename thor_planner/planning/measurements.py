@@ -81,6 +81,9 @@ class Measurements:
     @classmethod
     def load(cls, folder: str | Path) -> "Measurements":
         folder = Path(folder)
+        if folder.is_file():
+            raise UserError(f"Profile folder '{folder}' is a file: pass the folder written by 'thor-plan profile' "
+                            f"that holds it ('{folder.parent}')")
         if not folder.is_dir():
             raise UserError(f"Profile folder '{folder}' not found: pass a folder written by 'thor-plan profile'")
         paths = {name: folder / name for name in (LOSSES_CSV, TIMINGS_CSV)}

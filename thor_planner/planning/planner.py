@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 from thor_planner.version import __version__
-from thor_planner.planning.rules import budget, crossover_with_spread, factor_split, loss_fraction, normalized_perf
+from thor_planner.planning.rules import (MEASURED, PREDICTED, budget, crossover_with_spread, factor_split,
+                                         loss_fraction, normalized_perf)
 from thor_planner.utils.errors import UserError
 from thor_planner.planning.assignment import rank_share
 from thor_planner.planning.measurements import Measurements
@@ -74,8 +75,9 @@ def make_plan(m: Measurements, rule: RuleConfig = RuleConfig(), schedule: Schedu
     rule_info: dict = {"name": rule.name.value, "loss_threshold": rule.loss_threshold}
     if rule.world_size > 1:
         rule_info["world_size"] = rule.world_size
+    advice = MEASURED if m.meta.get("step_seconds") is not None else PREDICTED  # only what the run accepts
     crossing = crossover_with_spread(cands, frac, perf, [float(v) * f for v, f in zip(m.timings["min_s"], shares)],
-                                     [float(v) * f for v, f in zip(m.timings["max_s"], shares)])
+                                     [float(v) * f for v, f in zip(m.timings["max_s"], shares)], advice)
     if rule.name is Rule.crossover:
         choice = crossing
     else:

@@ -28,6 +28,25 @@ import pandas as pd
 DEGENERATE_LOSS_FRACTION = 0.05
 
 
+@dataclass(frozen=True)
+class Advice:
+    """What a warning about the crossing tells the user to do, by what the run accepts."""
+
+    degenerate: str
+    no_crossing: str
+
+
+_BUDGET = "Use '--rule budget --overhead F' to choose by the time you can afford."
+_NO_BUDGET = "the budget rule, which chooses by the time you can afford, needs timings measured on the device itself"
+#: A training step was timed on the device: the budget rule applies.
+MEASURED = Advice(degenerate=_BUDGET, no_crossing=_BUDGET)
+#: Timings predicted from a device profile (no training step; the budget rule is refused).
+PREDICTED = Advice(
+    degenerate=("Profile with candidates from 16 ('--candidates 16,32,64,...'): performance is then relative to "
+                f"b = 16, where inversion is no longer nearly free ({_NO_BUDGET})."),
+    no_crossing=f"'--max-split' or '--candidates' caps the split ({_NO_BUDGET}).")
+
+
 def loss_fraction(losses: pd.DataFrame, candidates: Sequence[int], threshold: float) -> list[float]:
     """For each candidate, the fraction of factors whose loss is below ``threshold``."""
     if len(losses) == 0:
@@ -54,8 +73,10 @@ class Choice:
     tie_break: str | None = None
 
 
-def crossover(candidates: Sequence[int], loss_frac: Sequence[float], perf: Sequence[float]) -> Choice:
-    """Where the rising loss-fraction curve first meets the falling performance curve."""
+def crossover(candidates: Sequence[int], loss_frac: Sequence[float], perf: Sequence[float],
+              advice: Advice = MEASURED) -> Choice:
+    """Where the rising loss-fraction curve first meets the falling performance curve; a warning
+    when it is degenerate or missing ends with ``advice``."""
     if not (len(candidates) == len(loss_frac) == len(perf)) or not candidates:
         raise ValueError("candidates, loss fraction and performance must have the same non-zero length")
     diff = [lf - p for lf, p in zip(loss_frac, perf)]
@@ -66,7 +87,7 @@ def crossover(candidates: Sequence[int], loss_frac: Sequence[float], perf: Seque
         if i is None:
             return Choice(candidates[-1], None, None,
                           "The curves do not cross: block inversion stays cheap up to the largest "
-                          f"candidate, so the split is {candidates[-1]}. Consider the 'budget' rule.")
+                          f"candidate, so the split is {candidates[-1]}. {advice.no_crossing}")
         b0, b1 = candidates[i - 1], candidates[i]
         t = -diff[i - 1] / (diff[i] - diff[i - 1])
         x = b0 + t * (b1 - b0)
@@ -77,8 +98,7 @@ def crossover(candidates: Sequence[int], loss_frac: Sequence[float], perf: Seque
     if at_start or y < DEGENERATE_LOSS_FRACTION:
         warning = (f"Degenerate crossover at b≈{x:.0f} (loss fraction {y:.0%}): inverting small blocks "
                    "is so cheap on this device that the performance curve collapses before the loss "
-                   "curve rises, so the crossover keeps almost no curvature information. "
-                   "Use '--rule budget --overhead F' to choose by the time you can afford.")
+                   f"curve rises, so the crossover keeps almost no curvature information. {advice.degenerate}")
     return Choice(split, x, y, warning)
 
 
@@ -125,10 +145,10 @@ def _shares(candidates: Sequence[int], low: float, high: float) -> dict[int, flo
 
 
 def crossover_with_spread(candidates: Sequence[int], loss_frac: Sequence[float], perf: Sequence[float],
-                          min_s: Sequence[float], max_s: Sequence[float]) -> Choice:
+                          min_s: Sequence[float], max_s: Sequence[float], advice: Advice = MEASURED) -> Choice:
     """:func:`crossover` of the medians, with the interval the timing spread allows and the
     tie-break of the module doc when that interval spans several candidates."""
-    median = crossover(candidates, loss_frac, perf)
+    median = crossover(candidates, loss_frac, perf, advice)
     lo_perf, hi_perf = perf_bounds(min_s, max_s)
     early, late = crossover(candidates, loss_frac, lo_perf), crossover(candidates, loss_frac, hi_perf)
     if early.x is None:

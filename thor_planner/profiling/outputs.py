@@ -22,6 +22,8 @@ FACTORS_PT = "factors.pt"
 def check_writable(folder: str | Path) -> Path:
     """Create ``folder`` if needed and make sure files can be written there (before measuring)."""
     folder = Path(folder)
+    if folder.is_file():
+        raise UserError(f"Cannot write to output folder '{folder}': it is a file; choose a folder with --out")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".thor-plan-check-"):

@@ -13,7 +13,8 @@ from thor_planner.version import __version__
 from thor_planner.capture.collector import CapturedFactors, capture_factors
 from thor_planner.capture.layers import find_layers
 from thor_planner.inputs.data import BatchSource, check_batches, load_batches
-from thor_planner.utils.errors import UserError
+from thor_planner.utils.errors import UserError, check_seed, out_of_memory
+from thor_planner.utils.imports import user_code_error
 from thor_planner.infoloss import loss_table
 from thor_planner.timing.backend_choice import backend_cache_for, default_backend, network_counts, select_for_model
 from thor_planner.timing.busy import BusyMonitor, watching
@@ -57,12 +58,14 @@ class ProfileConfig:
             raise UserError(f"Invalid --batch-size={self.batch_size}: must be >= 1")
         if self.input_size is not None and self.input_size < 1:
             raise UserError(f"Invalid --input-size={self.input_size}: must be >= 1")
+        check_seed(self.seed)
         if self.fisher not in FISHERS:
             raise UserError(f"Invalid --fisher={self.fisher!r}: use 'sampled' or 'empirical'")
         if self.device not in DEVICES:
             raise UserError(f"Invalid --device={self.device!r}: use auto, cpu or cuda")
-        if self.max_split < 1:
-            raise UserError(f"Invalid --max-split={self.max_split}: must be >= 1")
+        if self.max_split < 16:
+            raise UserError(f"Invalid --max-split={self.max_split}: must be >= 16 (the candidates are 1, then powers "
+                            "of two from 16); for other splits give --candidates")
         if self.candidates is not None and (
             not self.candidates or any(c < 1 for c in self.candidates) or list(self.candidates) != sorted(set(self.candidates))
         ):
@@ -158,6 +161,22 @@ def check_model_takes(loaded: LoadedModel, model: torch.nn.Module, source: Batch
         check_batches(data, source.batches, int(out.shape[-1]))
 
 
+def _capture_in_training_mode(cfg: ProfileConfig, loaded: LoadedModel, model: torch.nn.Module,
+                              source: BatchSource, device: torch.device, advance) -> CapturedFactors:
+    """:func:`capture_factors` on the user's model in training mode, forward and backward on every
+    batch: whatever the model, or torch under it, rejects there is a one-line error."""
+    try:
+        return capture_factors(model, source.batches, fisher=cfg.fisher, skip=skip_pattern(cfg.skip, loaded.planner_skips),
+                               seed=cfg.seed, device=device, progress=advance)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - what the model or torch under it rejects
+        if out_of_memory(exc):
+            raise
+        raise user_code_error(f"Model '{loaded.name}' in training mode on batches of {cfg.batch_size} from data "
+                              f"'{cfg.data}'", exc, "pass data, --batch-size or --input-size it can train on") from None
+
+
 def _check_plannable(cfg: ProfileConfig, loaded: LoadedModel) -> list:
     """The layers to plan (refusing a model or ``--skip`` that leaves none)."""
     specs, _ = find_layers(loaded.model, skip_pattern(cfg.skip, loaded.planner_skips))
@@ -176,9 +195,7 @@ def _capture(cfg: ProfileConfig, loaded: LoadedModel, model: torch.nn.Module, so
     """The factors of ``source``'s batches, with the model's own reasons for skipped layers."""
     torch.manual_seed(cfg.seed)
     with progress.stage("capture factors", len(source.batches)) as advance:
-        captured = capture_factors(model, source.batches, fisher=cfg.fisher,
-                                   skip=skip_pattern(cfg.skip, loaded.planner_skips),
-                                   seed=cfg.seed, device=device, progress=advance)
+        captured = _capture_in_training_mode(cfg, loaded, model, source, device, advance)
     for entry in captured.skipped:  # the model's rule says why (dimension and cost), not the regex
         if entry["name"] in loaded.planner_skips:
             entry["reason"] = loaded.planner_skips[entry["name"]]

@@ -70,7 +70,41 @@ def skipped_table(plan: Plan) -> str:
     if not plan.skipped:
         return '<p class="muted">No layers skipped: every Conv2d / Linear layer is preconditioned.</p>'
     rows = [[f"<code>{_esc(s.get('name', '?'))}</code>", _esc(s.get("reason", ""))] for s in plan.skipped]
-    return _table(["layer (left to SGD-momentum)", "reason"], rows)
+    return _table(["layer (left to SGD-momentum)", "reason"], rows, "wrap")
+
+
+def _runs(positions: list[int], sizes: list[str]) -> str:
+    """Consecutive positions in ``sizes`` as ranges: ``1–64, 2048``."""
+    runs: list[list[int]] = []
+    for i in positions:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ", ".join(f'<span class="nw">{_esc(sizes[r[0]])}{"" if len(r) == 1 else "–" + _esc(sizes[r[-1]])}</span>'
+                     for r in runs)
+
+
+def backend_groups(backends: dict) -> list[tuple[str, str]]:
+    """Each backend once, with the block sizes it inverts as ranges over the sizes in order, as HTML
+    (``[("torch-cholesky", "1–2048 (20 sizes)")]``, each range kept on one line)."""
+    sizes = sorted(backends, key=lambda k: (not str(k).isdigit(), int(k) if str(k).isdigit() else 0, str(k)))
+    names = [str(backends[k]) for k in sizes]
+    labels = [str(k) for k in sizes]
+    groups = []
+    for name in dict.fromkeys(names):
+        positions = [i for i, n in enumerate(names) if n == name]
+        count = f" ({len(positions)} size{'s' if len(positions) > 1 else ''})"
+        groups.append((name, _runs(positions, labels) + count))
+    return groups
+
+
+def _backend_text(device: dict) -> str:
+    """The device's backend, and each backend of the per-size choice once with its block sizes."""
+    groups = backend_groups(device["backends"]) if isinstance(device.get("backends"), dict) else []
+    lines = [] if any(name == device.get("backend") for name, _ in groups) else [_esc(device.get("backend", "?"))]
+    lines += [f"{_esc(name)}: block sizes {sizes}" for name, sizes in groups]
+    return "<br>".join(lines)
 
 
 def _dl(items: list[tuple[str, str]]) -> str:
@@ -83,9 +117,7 @@ def provenance(plan: Plan) -> str:
     data = _esc(c.get("data", "?"))
     if str(c.get("data", "")).startswith("synthetic"):
         data += ' <span class="pill warn">synthetic data — not the model\'s real inputs</span>'
-    backend = _esc(d.get("backend", "?"))
-    if isinstance(d.get("backends"), dict) and d["backends"]:
-        backend += " (" + ", ".join(f"{_esc(k)}: {_esc(v)}" for k, v in d["backends"].items()) + ")"
+    backend = _backend_text(d)
     dev_name = _esc(d.get("name", "?"))
     if d.get("predicted"):
         dev_name += ' <span class="pill warn">timings predicted, not measured on this device</span>'
@@ -94,7 +126,7 @@ def provenance(plan: Plan) -> str:
         ("Model", [("name", _esc(m.get("name", "?"))), ("source", _esc(m.get("source", "?"))),
                    ("parameters", f"{params:,}" if isinstance(params, int) else _esc(params))]),
         ("Data &amp; capture", [("data", data)] + [(k, _esc(c[k])) for k in
-                                                   ("batches", "batch_size", "input_size", "fisher", "seed") if k in c]),
+                                                   ("batches", "batch_size", "input_size", "input_shape", "fisher", "seed") if k in c]),
         ("Device", [("type", _esc(d.get("type", "?"))), ("name", dev_name), ("threads", _esc(d.get("threads", "?"))),
                     ("torch", _esc(d.get("torch", "?"))), ("cuda", _esc(d.get("cuda") or "–")),
                     ("backend", backend), ("dtype", _esc(d.get("dtype", "?")))]),
@@ -174,5 +206,5 @@ tbody tr:hover{background:#f8f9fb}code{font:12px ui-monospace,SFMono-Regular,Men
 .pill{display:inline-block;font-size:12px;border-radius:10px;padding:1px 8px;margin-left:6px}.warn{background:#fff4e5;color:#b45309;border:1px solid #ffb74d}
 .prov{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:16px}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:3px 14px;margin:0}dt{color:#6c757d}dd{margin:0;overflow-wrap:anywhere}
-.scroll{overflow-x:auto}footer{margin-top:24px;color:#868e96;font-size:12px}
+.scroll{overflow-x:auto}.nw{white-space:nowrap}table.wrap td{white-space:normal;overflow-wrap:anywhere}table.wrap td:first-child{white-space:nowrap}footer{margin-top:24px;color:#868e96;font-size:12px}
 """ % FONT

@@ -44,7 +44,7 @@ from thor_planner.training.optimizers import OPTIMIZERS, names, optimizer_spec, 
 from thor_planner.training.schedule import LR_SCHEDULES, LRSchedule
 from thor_planner.training.workloads import (CAUSAL_LM, DATA, IGNORE_INDEX, MASKED_LM, TRAIN_MODELS, Task,
                                              TrainingData, load_data)
-from thor_planner.utils.errors import UNSHOWN, ConfigError
+from thor_planner.utils.errors import UNSHOWN, ConfigError, check_seed
 from thor_planner.utils.progress import Progress
 
 CSV_COLUMNS = ("epoch", "step", "seconds", "train_loss", "test_loss", "test_accuracy")
@@ -116,6 +116,7 @@ class TrainConfig:
                                    f"'{self.optimizer}'", quote=True)
 
     def _check_numbers(self) -> None:
+        check_seed(self.seed)
         for what in ("epochs", "batch_size"):
             if not _positive_int(getattr(self, what)):
                 raise TrainConfigError(what, getattr(self, what), "must be >= 1")
@@ -227,16 +228,16 @@ class TrainResult:
         return next((r for r in self.records if self.config.task.reached(r.metric, target)), None)
 
     def summary(self) -> dict:
-        """``optimizer``, ``epochs`` (run), ``steps``, ``seconds`` (training), ``test_accuracy``,
-        ``final_loss`` (the last evaluation's mean training loss), how the run ``stopped`` and, for
-        causal LMs, the validation ``bits_per_byte``."""
+        """``optimizer``, ``epochs`` (run: the last one counts when it was cut short), ``steps``,
+        ``stopped`` (``completed``, ``target`` or ``diverged``), ``seconds`` (training),
+        ``test_accuracy``, ``final_loss`` (the last evaluation's mean training loss; None when it is
+        not finite) and, for causal LMs, the validation ``bits_per_byte``."""
         last = self.records[-1] if self.records else None
-        epochs = self.epochs_run
         causal = {"bits_per_byte": last.metric if last and math.isfinite(last.metric) else None} \
             if self.config.task is CAUSAL_LM else {}
         return {
             "optimizer": self.config.optimizer,
-            "epochs": int(epochs) if epochs == int(epochs) else round(epochs, 3),
+            "epochs": math.ceil(self.steps / self.steps_per_epoch),
             "steps": self.steps,
             "seconds": round(self.seconds, 4),
             "test_accuracy": last.test_accuracy if last else None,
