@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from thor_planner.cli.app import main
 from thor_planner.planning.rules import MEASURED, PREDICTED, crossover
