@@ -148,6 +148,7 @@ def profile(
     out: Path = typer.Option(None, "--out", "-o", parser=path_value, metavar="FOLDER", help="Output folder (default: runs/<model>-<device>, which git ignores; the committed examples in profiles/ are never written by default)."),
     save_factors: bool = typer.Option(False, "--save-factors", help="Also write the captured factors (factors.pt; hundreds of MB for ResNet-50)."),
     refresh_backends: bool = typer.Option(False, "--refresh-backends", help="Check (and for auto, time) the backends again instead of reusing this device's cached choice."),
+    family: str = typer.Option("inverse", "--family", help="The preconditioner family to plan for, whose refresh is timed: inverse (THOR's block inverses) or eigen (Adam in the Kronecker eigenbasis: an eigendecomposition per block). A comma list times the others too, for the report (e.g. eigen,inverse)."),
 ) -> None:
     """Measure a model on this machine and write plan.json, report.html, losses.csv, timings.csv."""
     from thor_planner.timing.device_profile import device_slug
@@ -166,6 +167,7 @@ def profile(
             skip=skip, device=device.value, candidates=_parse_candidates(candidates), max_split=max_split,
             backend=backend, device_profile=str(device_profile) if device_profile else None,
             timing=TimingConfig(budget_s=time_budget), refresh_backends=refresh_backends,
+            family=tuple(f.strip() for f in family.split(",") if f.strip()),
         )
         dev = resolve_device(cfg.device)
         where = device_slug(target.device) if target is not None else dev.type
@@ -227,7 +229,7 @@ def report(
                             f"measurements for {','.join(map(str, measurements.candidates))}: "
                             f"re-plan with 'thor-plan plan --from {folder}'")
         check_writable(folder)
-        atomic_write_text(folder / "report.html", build_report(plan, measurements.losses, measurements.timings))
+        atomic_write_text(folder / "report.html", build_report(plan, measurements.losses, measurements.all_timings()))
         console.print(escape(f"Wrote {folder / 'report.html'}"))
 
 

@@ -127,7 +127,7 @@ class THOR(torch.optim.Optimizer):
         self.capture_tf32 = capture_tf32
         entries = self._entries(model, plan, split, schedule)
         self.backends = backends if backends is not None else (
-            plan_backends(plan.device) if plan is not None else DEFAULT_BACKEND)
+            plan_backends(plan.device) if plan is not None and family_cls.uses_backends else DEFAULT_BACKEND)
         self.family = family_cls(self.backends)
         self._layers = self._make_layers(model, entries) if precondition else []
         double = any(layer.weight.dtype == torch.float64 for layer in self._layers)

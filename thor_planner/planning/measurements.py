@@ -2,8 +2,10 @@
 
 ``losses.csv``: one row per factor (``layer, kind, factor, dim``) and one column per candidate.
 ``timings.csv``: one row per candidate (median, min, max seconds, repeats, blocks, GFLOP,
-predicted); its first line is ``# thor-plan {json}`` with the provenance (model, device, capture,
-the measured training-step time and the skipped layers), which pandas skips as a comment.
+predicted) of the refresh of the preconditioner family the plan is made for (``meta["family"]``,
+``inverse`` when absent), then the rows of any family timed for comparison, each row naming its
+``family``; its first line is ``# thor-plan {json}`` with the provenance (model, device, capture,
+the family, the measured training-step time and the skipped layers), which pandas skips as a comment.
 """
 
 from __future__ import annotations
@@ -53,11 +55,35 @@ def _check_complete_rows(path: Path, timings: pd.DataFrame) -> None:
                             "re-create it with 'thor-plan profile'")
 
 
+def _split_families(path: Path, timings: pd.DataFrame, family: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The plan family's rows (files without a ``family`` column hold only those) and the others'."""
+    if "family" not in timings.columns:
+        return timings, None
+    own = timings[timings["family"] == family].drop(columns="family").reset_index(drop=True)
+    others = timings[timings["family"] != family].reset_index(drop=True)
+    for name, rows in others.groupby("family"):
+        if not (rows["candidate"].is_monotonic_increasing and rows["candidate"].is_unique):
+            raise UserError(f"'{path}' needs increasing candidates for family {name!r}: re-create it with "
+                            "'thor-plan profile'")
+    return own, (others if not others.empty else None)
+
+
 @dataclass
 class Measurements:
     losses: pd.DataFrame
-    timings: pd.DataFrame
+    timings: pd.DataFrame  # the plan family's refresh
     meta: dict
+    compared: pd.DataFrame | None = None  # other families' rows (a ``family`` column), for the report
+
+    @property
+    def family(self) -> str:
+        return str(self.meta.get("family", "inverse"))
+
+    def all_timings(self) -> pd.DataFrame:
+        """Every family's rows, each naming its ``family``."""
+        own = self.timings.assign(family=self.family)
+        return own if self.compared is None or self.compared.empty else pd.concat([own, self.compared],
+                                                                                  ignore_index=True)
 
     @property
     def candidates(self) -> list[int]:
@@ -71,7 +97,7 @@ class Measurements:
         """The two files' contents (rendered before anything is written)."""
         losses = self.losses.to_csv(index=False, float_format="%.6g")
         timings = META_PREFIX + json.dumps(self.meta, sort_keys=True) + "\n"
-        timings += self.timings[TIMING_COLUMNS].to_csv(index=False, float_format="%.6g")
+        timings += self.all_timings()[TIMING_COLUMNS + ["family"]].to_csv(index=False, float_format="%.6g")
         return {LOSSES_CSV: losses, TIMINGS_CSV: timings}
 
     def save(self, folder: str | Path) -> None:
@@ -111,6 +137,7 @@ class Measurements:
         if lacking:
             raise UserError(f"'{paths[TIMINGS_CSV]}' header lacks {', '.join(lacking)}: "
                             "re-create it with 'thor-plan profile'")
+        timings, compared = _split_families(paths[TIMINGS_CSV], timings, str(meta.get("family", "inverse")))
         for name, frame, cols in ((TIMINGS_CSV, timings, TIMING_COLUMNS), (LOSSES_CSV, losses, LOSS_COLUMNS)):
             lacking = [c for c in cols if c not in frame.columns]
             if lacking:
@@ -135,4 +162,4 @@ class Measurements:
         if numeric.isna().any().any() or ((numeric < 0) | (numeric > 1)).any().any():
             raise UserError(f"'{folder / LOSSES_CSV}' holds losses outside [0, 1]: re-run 'thor-plan profile'")
         timings["predicted"] = timings["predicted"].astype(bool)
-        return cls(losses=losses, timings=timings, meta=meta)
+        return cls(losses=losses, timings=timings, meta=meta, compared=compared)

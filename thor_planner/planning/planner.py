@@ -115,5 +115,5 @@ def make_plan(m: Measurements, rule: RuleConfig = RuleConfig(), schedule: Schedu
                             interval=list(crossing.interval) if crossing.interval else None,
                             spans=list(crossing.spans) if crossing.interval else None,
                             tie_break=crossing.tie_break if rule.name is Rule.crossover else None),
-        schedule=schedule, layers=layers, skipped=list(m.meta.get("skipped", [])),
+        schedule=schedule, layers=layers, skipped=list(m.meta.get("skipped", [])), family=m.family,
     )

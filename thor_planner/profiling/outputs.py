@@ -37,7 +37,7 @@ def check_writable(folder: str | Path) -> Path:
 def _render(plan: Plan, m: Measurements) -> dict[str, str]:
     from thor_planner.report.html import build_report
 
-    return {PLAN_JSON: plan.to_json(), REPORT_HTML: build_report(plan, m.losses, m.timings)}
+    return {PLAN_JSON: plan.to_json(), REPORT_HTML: build_report(plan, m.losses, m.all_timings())}
 
 
 def write_plan_and_report(folder: str | Path, plan: Plan, m: Measurements) -> None:

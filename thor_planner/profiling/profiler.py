@@ -13,7 +13,8 @@ from thor_planner.version import __version__
 from thor_planner.capture.collector import CapturedFactors, capture_factors
 from thor_planner.capture.layers import find_layers
 from thor_planner.inputs.data import BatchSource, check_batches, load_batches
-from thor_planner.utils.errors import UserError, check_seed, out_of_memory
+from thor_planner.optim.preconditioner import FAMILIES, family_class
+from thor_planner.utils.errors import ConfigError, UserError, check_seed, out_of_memory
 from thor_planner.utils.imports import user_code_error
 from thor_planner.infoloss import loss_table
 from thor_planner.timing.backend_choice import backend_cache_for, default_backend, network_counts, select_for_model
@@ -50,29 +51,34 @@ class ProfileConfig:
     device_profile: str | None = None  # predict timings from this device profile instead of timing here
     timing: TimingConfig = TimingConfig()
     refresh_backends: bool = False  # measure the backend choice again instead of reusing the cached one
+    #: preconditioner families whose refresh is timed: the first is the plan's, others are compared
+    family: tuple[str, ...] = ("inverse",)
 
     def __post_init__(self) -> None:
-        if self.batches < 1:
-            raise UserError(f"Invalid --batches={self.batches}: must be >= 1")
-        if self.batch_size < 1:
-            raise UserError(f"Invalid --batch-size={self.batch_size}: must be >= 1")
+        for what in ("batches", "batch_size"):
+            if getattr(self, what) < 1:
+                raise ConfigError(what, getattr(self, what), "must be >= 1")
         if self.input_size is not None and self.input_size < 1:
-            raise UserError(f"Invalid --input-size={self.input_size}: must be >= 1")
+            raise ConfigError("input_size", self.input_size, "must be >= 1")
         check_seed(self.seed)
         if self.fisher not in FISHERS:
-            raise UserError(f"Invalid --fisher={self.fisher!r}: use 'sampled' or 'empirical'")
+            raise ConfigError("fisher", self.fisher, "use 'sampled' or 'empirical'", quote=True)
         if self.device not in DEVICES:
-            raise UserError(f"Invalid --device={self.device!r}: use auto, cpu or cuda")
+            raise ConfigError("device", self.device, "use auto, cpu or cuda", quote=True)
         if self.max_split < 16:
-            raise UserError(f"Invalid --max-split={self.max_split}: must be >= 16 (the candidates are 1, then powers "
-                            "of two from 16); for other splits give --candidates")
+            raise ConfigError("max_split", self.max_split, "must be >= 16 (the candidates are 1, then powers of two "
+                              "from 16); for other splits give --candidates")
         if self.candidates is not None and (
             not self.candidates or any(c < 1 for c in self.candidates) or list(self.candidates) != sorted(set(self.candidates))
         ):
-            raise UserError(f"Invalid --candidates={','.join(map(str, self.candidates))}: "
-                            "give increasing integers >= 1, e.g. 1,16,64,256")
+            raise ConfigError("candidates", ",".join(map(str, self.candidates)),
+                              "give increasing integers >= 1, e.g. 1,16,64,256")
         if self.backend is not None and self.backend != "auto" and self.backend not in BACKENDS:
-            raise UserError(f"Invalid --backend={self.backend!r}: use auto or one of {', '.join(sorted(BACKENDS))}")
+            raise ConfigError("backend", self.backend, f"use auto or one of {', '.join(sorted(BACKENDS))}", quote=True)
+        unknown = [f for f in self.family if f not in FAMILIES]
+        if not self.family or unknown or len(set(self.family)) != len(self.family):
+            raise ConfigError("family", ",".join(self.family), f"use one or more of {', '.join(FAMILIES)} (the "
+                              "first is the plan's; the others are timed for comparison)")
         if self.skip is not None:
             try:
                 re.compile(self.skip)
@@ -204,29 +210,53 @@ def _capture(cfg: ProfileConfig, loaded: LoadedModel, model: torch.nn.Module, so
     return captured
 
 
+def _predicted(cfg: ProfileConfig, dims: list[int], candidates: list[int], profile, device: torch.device):
+    """Every family's rows predicted from a device profile, and the plan's device section."""
+    backend = cfg.backend or default_backend(str(profile.device["type"]))
+    rows, section = {}, None
+    for name in cfg.family:
+        family = family_class(name)
+        rows[name], chosen = predict_candidates(profile, dims, candidates, backend, family=name,
+                                                flops_per_cube=family.flops_per_cube)
+        if section is None:
+            section = {**predicted_device_fields(profile, backend if family.uses_backends else name, chosen),
+                       "capture_device": device.type}
+    return rows, section
+
+
 def _timings(cfg: ProfileConfig, factors: list[torch.Tensor], candidates: list[int], model: torch.nn.Module,
              batch, device: torch.device, profile, monitor: BusyMonitor, progress: Progress):
-    """``(timing rows, device section, training-step seconds)``: predicted from a device profile, or
-    measured here (accuracy-checked backends, batched inversions per candidate, one training step)."""
+    """``({family: timing rows}, device section, training-step seconds)``: predicted from a device
+    profile, or measured here (accuracy-checked inversion backends where a family uses them, each
+    family's batched refresh per candidate, one training step)."""
     dims = [f.shape[0] for f in factors]
     if profile is not None:
-        backend = cfg.backend or default_backend(str(profile.device["type"]))
-        rows, chosen = predict_candidates(profile, dims, candidates, backend)
-        return rows, {**predicted_device_fields(profile, backend, chosen), "capture_device": device.type}, []
+        return *_predicted(cfg, dims, candidates, profile, device), []
     backend = cfg.backend or default_backend(device.type)
     info = device_info(device, backend)
-    cache = backend_cache_for(device, info, backend, cfg.timing.damping)
+    families = [family_class(name) for name in cfg.family]
+    rows = {}
     with watching(monitor):
-        with progress.stage("backend check", len(network_counts(dims, candidates))) as advance:
-            selection = select_for_model(dims, candidates, backend, device, advance, cache=cache,
-                                         refresh=cfg.refresh_backends, damping=cfg.timing.damping)
-        with progress.stage("inversion timing", len(candidates)) as advance:
-            rows = time_candidates(factors, candidates, backends=selection.backends, config=cfg.timing,
-                                   progress=advance)
+        selection = None
+        if any(f.uses_backends for f in families):
+            cache = backend_cache_for(device, info, backend, cfg.timing.damping)
+            with progress.stage("backend check", len(network_counts(dims, candidates))) as advance:
+                selection = select_for_model(dims, candidates, backend, device, advance, cache=cache,
+                                             refresh=cfg.refresh_backends, damping=cfg.timing.damping)
+        for family in families:
+            solve = None if family.uses_backends else family(backend).solve
+            stage = "inversion timing" if family.uses_backends else f"{family.name} refresh timing"
+            with progress.stage(stage, len(candidates)) as advance:
+                rows[family.name] = time_candidates(
+                    factors, candidates, backends=selection.backends if selection else backend, config=cfg.timing,
+                    progress=advance, solve=solve, flops_per_cube=family.flops_per_cube)
         with progress.stage("training step", 1) as advance:
             step_times = time_training_step(model, batch, device=device)
             advance()
-    return rows, {**info, **selection.device_fields(), "busy": monitor.fields()}, step_times
+    section = {**info, **(selection.device_fields() if selection else {}), "busy": monitor.fields()}
+    if not families[0].uses_backends:
+        section["backend"] = f"{families[0].name} solve"
+    return rows, section, step_times
 
 
 def _meta(cfg: ProfileConfig, loaded: LoadedModel, source: BatchSource, shape, device_section: dict,
@@ -240,6 +270,7 @@ def _meta(cfg: ProfileConfig, loaded: LoadedModel, source: BatchSource, shape, d
                     "batches": cfg.batches, "batch_size": cfg.batch_size,
                     "input_shape": list(shape) if shape else None, "fisher": cfg.fisher,
                     "seed": cfg.seed, "skip": cfg.skip},
+        "family": cfg.family[0],
         "step_seconds": sorted(step_times)[len(step_times) // 2] if step_times else None,
         "step_repeats": len(step_times),
         "skipped": captured.skipped,
@@ -284,5 +315,7 @@ def run_profile(cfg: ProfileConfig, progress: Progress = Progress(),
     rows, device_section, step_times = _timings(cfg, [f for *_, f in named], candidates, model, source.batches[0],
                                                 device, profile, monitor or BusyMonitor(), progress)
     meta = _meta(cfg, loaded, source, shape, device_section, step_times, captured)
-    frame = pd.DataFrame([t.row() for t in rows])
-    return Measurements(losses=losses, timings=frame, meta=meta), captured
+    frames = {name: pd.DataFrame([t.row() for t in family_rows]) for name, family_rows in rows.items()}
+    plan_family, *others = cfg.family
+    compared = pd.concat([frames[n].assign(family=n) for n in others], ignore_index=True) if others else None
+    return Measurements(losses=losses, timings=frames[plan_family], meta=meta, compared=compared), captured

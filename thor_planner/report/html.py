@@ -26,8 +26,21 @@ from thor_planner.utils.atomic import atomic_write_text
 __all__ = ["CONFIG", "CSS", "build_report", "figures", "plan_table", "provenance", "timing_figure", "write_report"]
 
 
+def _family_trace(fig: go.Figure, family: str, rows: pd.DataFrame) -> None:
+    """Another preconditioner family's refresh, timed for comparison (dotted)."""
+    rows = rows.sort_values("candidate")
+    fig.add_scatter(x=rows["candidate"].tolist(), y=rows["median_s"].astype(float).tolist(), mode="lines+markers",
+                    name=f"{family} family (compared)", line=dict(color="#8d99ae", width=2, dash="dot"),
+                    marker=dict(size=7, symbol="diamond"),
+                    hovertemplate=f"{family}: b = %{{x}}<br>median %{{y:.3g}} s<extra></extra>")
+
+
 def timing_figure(plan: Plan, timings: pd.DataFrame) -> go.Figure:
-    """Median inversion time of the whole network's blocks at each candidate, min–max error bars."""
+    """Median refresh time of the whole network's blocks at each candidate (the plan's family; others
+    timed for comparison as dotted lines), min–max error bars."""
+    everything = timings
+    if "family" in timings.columns:
+        timings = everything[everything["family"] == plan.family]
     t = timings.sort_values("candidate")
     fig = go.Figure()
     for predicted in (False, True):
@@ -55,10 +68,15 @@ def timing_figure(plan: Plan, timings: pd.DataFrame) -> go.Figure:
                         textposition="top left" if SplitAxis.of("log", list(plan.candidates)).frac(plan.split_dim) > 0.3
                         else "top right", textfont=dict(color=SPLIT_COLOR), hoverinfo="skip", cliponaxis=False,
                         marker=dict(size=18, symbol="star", color=SPLIT_COLOR, line=dict(color="white", width=1)))
+    if "family" in everything.columns:
+        for family, rows in everything[everything["family"] != plan.family].groupby("family"):
+            _family_trace(fig, str(family), rows)
+        t = everything
     dev = plan.device
     sub = " · ".join(_label(v) for v in (dev.get("name") or dev.get("type"), dev.get("backend"), dev.get("dtype")) if v)
-    style(fig, "Inversion time of the whole network", f"{sub}<br>all blocks of all factors, batched by "
-           "size as the runtime inverts them · log–log", 500)
+    what = "Inversion time" if plan.family == "inverse" else f"Refresh time ({plan.family} family)"
+    style(fig, f"{what} of the whole network", f"{sub}<br>all blocks of all factors, batched by "
+           "size as the runtime refreshes them · log–log", 500)
     fig.update_layout(margin=dict(t=135))
     fig.update_xaxes(type="log", tickvals=list(plan.candidates), title_text="split dimension b")
     lo, hi = t[["min_s", "median_s"]].min().min(), t[["max_s", "median_s"]].max().max()

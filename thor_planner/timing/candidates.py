@@ -1,4 +1,5 @@
-"""Timing of the whole network's block inversion per candidate split, and of one training step.
+"""Timing of the whole network's block refresh (inversion, or a preconditioner family's own solve)
+per candidate split, and of one training step.
 
 Each candidate is timed exactly as the THOR runtime refreshes its inverses: every factor is
 partitioned at the candidate (capped at its dimension), blocks are grouped by size
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 
 from thor_planner.inversion.backends import DEFAULT_BACKEND, invert_groups, inversion_flops
-from thor_planner.partition import block_counts, group_by_size, partition
+from thor_planner.partition import BlockGroups, block_counts, group_by_size, partition
 from thor_planner.timing import busy
 from thor_planner.utils.damping import DEFAULT_DAMPING, factor_shift
 
@@ -130,6 +131,11 @@ def _measure_once(fn: Callable[[], object], device: torch.device, config: Timing
     return times
 
 
+#: ``solve(groups, shift)``: a preconditioner family's batched refresh of grouped blocks (the
+#: profiler passes the family's own; the default inverts them as the inverse family does).
+Solve = Callable[[BlockGroups, float], object]
+
+
 def time_candidates(
     factors: Sequence[torch.Tensor],
     candidates: Sequence[int],
@@ -137,25 +143,30 @@ def time_candidates(
     backends: str | Mapping[int, str] = DEFAULT_BACKEND,
     config: TimingConfig = TimingConfig(),
     progress: Callable[[int], None] | None = None,
+    solve: Solve | None = None,
+    flops_per_cube: float = 1.0,
 ) -> list[CandidateTiming]:
-    """Time the refresh of all ``factors``' inverses at every candidate split."""
+    """Time the refresh of all ``factors``' blocks at every candidate split: inverted with
+    ``backends``, or by ``solve`` (a preconditioner family's refresh) when given; ``flops_per_cube``
+    is the family's work per block as a multiple of ``s³`` (for the GFLOP column)."""
     if not factors:
         raise ValueError("No factors to time")
     device = factors[0].device
     dims = [f.shape[0] for f in factors]
     results = []
     shift = factor_shift(config.damping)
+    solve = solve or (lambda groups, shift: invert_groups(groups, shift, backends))
     for b in candidates:
         parts = [partition(d, b) for d in dims]
 
         def refresh(parts=parts):
-            return invert_groups(group_by_size(factors, parts), shift, backends)
+            return solve(group_by_size(factors, parts), shift)
 
         times = measure(refresh, device, config)
         counts = block_counts(dims, [b] * len(dims))
         results.append(CandidateTiming(
             candidate=b, median_s=statistics.median(times), min_s=min(times), max_s=max(times),
-            repeats=len(times), blocks=counts, gflop=inversion_flops(counts) / 1e9,
+            repeats=len(times), blocks=counts, gflop=flops_per_cube * inversion_flops(counts) / 1e9,
         ))
         if progress is not None:
             progress(b)

@@ -44,7 +44,7 @@ from thor_planner.timing.device import device_info as describe_device
 from thor_planner.timing.costmodel import CellFit, CostModel, GroupingCost, fit_linear, grouping_features, nonnegative_lstsq
 from thor_planner.utils.errors import UserError
 from thor_planner.utils.fields import FieldReader
-from thor_planner.partition import group_by_size, partition
+from thor_planner.partition import BlockGroups, group_by_size, partition
 
 SCHEMA_VERSION = 1
 KIND = "thor-plan device profile"
@@ -100,6 +100,8 @@ class DeviceProfile:
     sizes: list[int]
     counts: list[int]
     backends: dict[str, dict[int, dict]]  # name → size → {"counts", "seconds", "fixed_s", "per_block_s"}
+    #: other preconditioner families' refresh (one batched solve per size), family → size → fit
+    solvers: dict[str, dict[int, dict]] = field(default_factory=dict)
     grouping: GroupingCost = GroupingCost()
     damping: float = 0.03
     excluded: list[dict] = field(default_factory=list)
@@ -110,9 +112,15 @@ class DeviceProfile:
     created: str = ""
     source: str | None = None  # the file it was loaded from
 
-    def cost_model(self) -> CostModel:
-        fits = {name: {size: CellFit(c["fixed_s"], c["per_block_s"], tuple(c["counts"]), tuple(c["seconds"]))
-                       for size, c in cells.items()} for name, cells in self.backends.items()}
+    def cost_model(self, family: str = "inverse") -> CostModel:
+        """The fitted refresh cost: the inversion backends', or another family's solve (its name is
+        then the only "backend")."""
+        if family != "inverse":
+            if family not in self.solvers:
+                raise DeviceProfileError(f"Device profile '{self.source}' has no timings for the {family!r} family: "
+                                         "re-create it with 'thor-plan device-profile' (it times every family)")
+            return CostModel({family: _fits(self.solvers[family])}, self.grouping, {})
+        fits = {name: _fits(cells) for name, cells in self.backends.items()}
         limits: dict[str, int] = {}
         for entry in [*self.excluded, *self.pruned]:
             name, size = entry.get("backend"), entry.get("size")
@@ -127,6 +135,8 @@ class DeviceProfile:
             "sizes": self.sizes, "counts": self.counts,
             "grouping": asdict(self.grouping),
             "backends": {n: {str(s): c for s, c in sorted(cells.items())} for n, cells in self.backends.items()},
+            **({"solvers": {n: {str(s): c for s, c in sorted(cells.items())} for n, cells in self.solvers.items()}}
+               if self.solvers else {}),
             "accuracy": self.accuracy, "excluded": self.excluded, "pruned": self.pruned,
             "wall_seconds": self.wall_seconds,
         }
@@ -152,34 +162,46 @@ class DeviceProfile:
         raw = _get(d, "backends", "")
         if not isinstance(raw, dict) or not raw:
             _fail("backends", raw, "must be a non-empty object: backend name → block size → fit")
-        backends: dict[str, dict[int, dict]] = {}
-        for name, cells in raw.items():
-            if not isinstance(cells, dict):
-                _fail(f"backends.{name}", cells, "must be an object: block size → fit")
-            backends[name] = {}
-            for key, cell in cells.items():
-                path = f"backends.{name}.{key}"
-                if not re.fullmatch(r"[1-9][0-9]*", key):
-                    _fail(path, cell if not isinstance(cell, dict) else key, "keys must be block sizes (integers >= 1)")
-                cs, secs = _int_list(cell, "counts", path), _get(cell, "seconds", path)
-                if not isinstance(secs, list) or len(secs) != len(cs) or not all(
-                        isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0 for t in secs):
-                    _fail(f"{path}.seconds", secs, f"must be a list of {len(cs)} positive numbers, one per count")
-                fixed, per_block = _number(cell, "fixed_s", path), _number(cell, "per_block_s", path)
-                if fixed + per_block <= 0:
-                    _fail(f"{path}.per_block_s", cell["per_block_s"], "fixed_s + per_block_s must be > 0")
-                backends[name][int(key)] = {"counts": cs, "seconds": [float(t) for t in secs],
-                                            "fixed_s": fixed, "per_block_s": per_block}
+        backends = {name: _cells(cells, f"backends.{name}") for name, cells in raw.items()}
+        solvers = d.get("solvers", {})
+        if not isinstance(solvers, dict):
+            _fail("solvers", solvers, "must be an object: family name → block size → fit")
+        solvers = {name: _cells(cells, f"solvers.{name}") for name, cells in solvers.items()}
         lists = {}
         for key in ("excluded", "pruned"):
             lists[key] = d.get(key, [])
             if not isinstance(lists[key], list) or not all(isinstance(e, dict) for e in lists[key]):
                 _fail(key, lists[key], "must be a list of objects")
-        return cls(device=device, sizes=sizes, counts=counts, backends=backends, grouping=group,
+        return cls(device=device, sizes=sizes, counts=counts, backends=backends, solvers=solvers, grouping=group,
                    damping=_number(d, "damping", "") if "damping" in d else 0.03,
                    excluded=lists["excluded"], pruned=lists["pruned"], accuracy=d.get("accuracy") or {},
                    wall_seconds=float(d.get("wall_seconds") or 0.0), tool_version=str(d.get("tool_version", "")),
                    created=str(d.get("created", "")))
+
+
+def _fits(cells: dict[int, dict]) -> dict[int, CellFit]:
+    return {size: CellFit(c["fixed_s"], c["per_block_s"], tuple(c["counts"]), tuple(c["seconds"]))
+            for size, c in cells.items()}
+
+
+def _cells(cells: Any, path: str) -> dict[int, dict]:
+    """One backend's (or family's) fits by block size, validated."""
+    if not isinstance(cells, dict):
+        _fail(path, cells, "must be an object: block size → fit")
+    out = {}
+    for key, cell in cells.items():
+        where = f"{path}.{key}"
+        if not re.fullmatch(r"[1-9][0-9]*", key):
+            _fail(where, cell if not isinstance(cell, dict) else key, "keys must be block sizes (integers >= 1)")
+        cs, secs = _int_list(cell, "counts", where), _get(cell, "seconds", where)
+        if not isinstance(secs, list) or len(secs) != len(cs) or not all(
+                isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0 for t in secs):
+            _fail(f"{where}.seconds", secs, f"must be a list of {len(cs)} positive numbers, one per count")
+        fixed, per_block = _number(cell, "fixed_s", where), _number(cell, "per_block_s", where)
+        if fixed + per_block <= 0:
+            _fail(f"{where}.per_block_s", cell["per_block_s"], "fixed_s + per_block_s must be > 0")
+        out[int(key)] = {"counts": cs, "seconds": [float(t) for t in secs], "fixed_s": fixed, "per_block_s": per_block}
+    return out
 
 
 def load_device_profile(path: str | Path) -> DeviceProfile:
@@ -217,6 +239,21 @@ def _grouping_cost(device: torch.device, budget_s: float, dim: int = 2048) -> Gr
     return GroupingCost(*nonnegative_lstsq(rows, targets))
 
 
+def _solver_timer(solve: Callable, device: torch.device, damping: float, budget_s: float):
+    """A timer of a family's ``solve`` on one synthetic stack of ``count`` blocks of ``size``."""
+    from thor_planner.timing.backend_choice import timing_stack
+    from thor_planner.timing.candidates import TimingConfig, measure
+    from thor_planner.utils.damping import factor_shift
+
+    config = TimingConfig(budget_s=budget_s, min_repeats=3, max_repeats=7, warmup=1)
+
+    def timer(_name: str, size: int, count: int) -> float:
+        groups = BlockGroups({size: timing_stack(size, count, device)}, [[(size, 0, count)]])
+        return statistics.median(measure(lambda: solve(groups, factor_shift(damping)), device, config))
+
+    return timer
+
+
 def _measure_cell(timer, name: str, size: int, counts: Sequence[int], budget_s: float, mem_cap: float) -> dict:
     """Median seconds at growing counts while the cell's budget allows (up to 4× the budget until
     one batch of :data:`MIN_STACK_BYTES` is measured); fitted."""
@@ -251,9 +288,11 @@ def measure_device_profile(
     device_info: dict | None = None,
     grouping_factor_dim: int = 2048,
     progress: Callable[[int], None] | None = None,
+    solvers: dict[str, Callable] | None = None,
 ) -> DeviceProfile:
     """Measure a device profile. The accuracy check and pruning of :func:`backend_select.choose_backends`
-    decide which backends are measured at each size (its timer call is where each cell is measured)."""
+    decide which backends are measured at each size (its timer call is where each cell is measured).
+    ``solvers`` (family name → ``solve(groups, shift)``) are measured at every size too."""
     from thor_planner.inversion.extra import device_backends
 
     start = time.perf_counter()
@@ -278,10 +317,14 @@ def measure_device_profile(
             if size not in cells[name] and accurate_here and not pruned_here:
                 cells[name][size] = _measure_cell(timer, name, size, counts, cell_budget_s, mem_cap)
     grouping = _grouping_cost(device, budget_s=min(0.5, cell_budget_s), dim=grouping_factor_dim)
+    solved = {name: {size: _measure_cell(_solver_timer(solve, device, damping, min(0.2, cell_budget_s / 4)), name,
+                                         size, counts, cell_budget_s, mem_cap) for size in sizes}
+              for name, solve in (solvers or {}).items()}
 
     return DeviceProfile(
         device=device_info or {k: v for k, v in describe_device(device, "auto").items() if k != "backend"},
-        sizes=sizes, counts=list(counts), backends={n: c for n, c in cells.items() if c}, grouping=grouping,
+        sizes=sizes, counts=list(counts), backends={n: c for n, c in cells.items() if c}, solvers=solved,
+        grouping=grouping,
         damping=damping, excluded=selection.excluded, pruned=selection.pruned,
         accuracy=selection.device_fields()["accuracy"], wall_seconds=time.perf_counter() - start,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

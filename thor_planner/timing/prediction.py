@@ -18,15 +18,17 @@ from thor_planner.timing.candidates import CandidateTiming
 
 
 def predict_candidates(profile: DeviceProfile, dims: Sequence[int], candidates: Sequence[int],
-                       backend: str = "auto") -> tuple[list[CandidateTiming], dict[int, str]]:
+                       backend: str = "auto", *, family: str = "inverse", flops_per_cube: float = 1.0
+                       ) -> tuple[list[CandidateTiming], dict[int, str]]:
     """Predicted whole-network refresh per candidate (rows marked ``predicted``) and the backend per size.
 
     ``backend`` ``"auto"`` takes the predicted fastest accurate backend per size; a name takes that
-    backend wherever the profile has (accurate) data for it, else the default backend.
+    backend wherever the profile has (accurate) data for it, else the default backend. Another
+    ``family`` is predicted from the profile's timings of that family's solve.
     """
-    model = profile.cost_model()
+    model = profile.cost_model(family)
     try:
-        chosen = model.choose(network_counts(dims, candidates), backend)
+        chosen = model.choose(network_counts(dims, candidates), backend if family == "inverse" else family)
     except ValueError as exc:
         raise DeviceProfileError(f"Device profile '{profile.source}' cannot predict this model: {exc}") from None
     rows = []
@@ -34,7 +36,8 @@ def predict_candidates(profile: DeviceProfile, dims: Sequence[int], candidates: 
         counts = block_counts(list(dims), [b] * len(dims))
         seconds = model.refresh_seconds(counts, len(dims), chosen)
         rows.append(CandidateTiming(candidate=b, median_s=seconds, min_s=seconds, max_s=seconds, repeats=0,
-                                    blocks=counts, gflop=inversion_flops(counts) / 1e9, predicted=True))
+                                    blocks=counts, gflop=flops_per_cube * inversion_flops(counts) / 1e9,
+                                    predicted=True))
     return rows, chosen
 
 

@@ -73,6 +73,10 @@ class Family(ABC):
     #: its direction is already an Adam step (it keeps its own moments): the layer's gradient is not
     #: Adam-filtered first, not regrafted, and AdamW keeps no moments for its parameters
     own_moments: ClassVar[bool] = False
+    #: one block's refresh in flops, as a multiple of ``s³`` (a Cholesky inverse ≈ s³)
+    flops_per_cube: ClassVar[float] = 1.0
+    #: whether its solve uses the plan's inversion backends
+    uses_backends: ClassVar[bool] = True
 
     def __init__(self, backends) -> None:
         self.backends = backends

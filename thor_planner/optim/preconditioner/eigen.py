@@ -122,6 +122,8 @@ class EigenFamily(Family):
     name = "eigen"
     own_moments = True
     grafts = ("adamw",)
+    flops_per_cube = 9.0  # a symmetric eigendecomposition with eigenvectors (Golub & Van Loan)
+    uses_backends = False
 
     def solve(self, groups: BlockGroups, shift: float) -> BlockGroups:
         return eigh_groups(groups)
