@@ -52,7 +52,7 @@ def invoke(*args):
         ({"batch_size": 0}, "Invalid batch_size=0: must be >= 1"),
         ({"weight_decay": -1.0}, "Invalid weight_decay=-1.0: must be >= 0"),
         ({"momentum": 1.0}, "Invalid momentum=1.0: must be in [0, 1)"),
-        ({"optimizer": "lbfgs"}, "Invalid optimizer='lbfgs': use thor, thor-128, kfac, sgd, adamw, mlbfgs or lamb"),
+        ({"optimizer": "lbfgs"}, "Invalid optimizer='lbfgs': use thor, thor-eigen, thor-128, kfac, sgd, adamw, mlbfgs or lamb"),
         ({"model": "vgg"}, "Invalid model='vgg': use cnn, mlp, mlp-wide, resnet18, bert-tiny, gpt-tiny or gpt-small"),
         ({"data": "mnist"}, "Invalid data='mnist': use digits, synthetic, text, tokens or stdlib"),
         ({"data": "stdlib"}, "Invalid data='stdlib': model 'cnn' takes digits or synthetic"),
@@ -71,8 +71,9 @@ def invoke(*args):
         ({"optimizer": "sgd", "plan": "p.json"},
          "Invalid plan='p.json': a plan applies only to optimizer 'thor', not 'sgd'"),
         ({"graft": "adam"}, "Invalid graft='adam': use 'sgd', 'adamw' or None"),
+        ({"optimizer": "thor-eigen", "graft": "sgd"}, "Invalid graft='sgd': thor-eigen stands in for adamw"),
         ({"optimizer": "adamw", "graft": "adamw"},
-         "Invalid graft='adamw': grafting applies only to thor, thor-128 or kfac, not 'adamw'"),
+         "Invalid graft='adamw': grafting applies only to thor, thor-eigen, thor-128 or kfac, not 'adamw'"),
     ],
 )
 def test_config_validation_messages(kwargs, message) -> None:
@@ -98,12 +99,12 @@ def test_one_epoch_per_optimizer_beats_chance(optimizer) -> None:
     assert summary["test_accuracy"] > 0.3  # chance is 0.1
     assert result.stopped == "completed" and len(result.records) == 1 and result.steps == 45
     assert any(n.startswith("epoch 1/1: train loss") for n in notes)
-    if optimizer in ("thor", "thor-128", "kfac"):
+    if optimizer in ("thor", "thor-eigen", "thor-128", "kfac"):
         assert set(result.optimizer_stats) >= {"layers", "interval", "damping", "step"}
         assert result.optimizer_stats["step"] == 45
     else:
         assert result.optimizer_stats is None
-    if optimizer == "thor":
+    if optimizer in ("thor", "thor-eigen"):
         assert notes[0].startswith("No plan given: profiling cnn on digits first")
         assert result.plan_split is not None and result.profile_seconds > 0
 
@@ -188,4 +189,4 @@ def test_cli_unknown_optimizer_is_refused_by_the_choice() -> None:
     result = invoke("--optimizer", "lbfgs")
     assert result.exit_code == 2 and result.stdout == ""
     flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", ANSI.sub("", result.stderr)).split())  # typer's usage panel
-    assert "'lbfgs' is not one of 'thor', 'thor-128', 'kfac', 'sgd', 'adamw'" in flat
+    assert "'lbfgs' is not one of 'thor', 'thor-eigen', 'thor-128', 'kfac', 'sgd', 'adamw'" in flat

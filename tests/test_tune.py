@@ -281,7 +281,7 @@ def test_train_config_takes_a_schedule_only_for_thor_variants() -> None:
     assert opt.schedule == schedule
     with pytest.raises(TrainConfigError) as err:
         TrainConfig(optimizer="adamw", schedule=schedule)
-    assert str(err.value) == "Invalid schedule: a schedule applies only to thor, thor-128 or kfac, not 'adamw'"
+    assert str(err.value) == "Invalid schedule: a schedule applies only to thor, thor-eigen, thor-128 or kfac, not 'adamw'"
 
 
 def test_library_refuses_bad_configs() -> None:

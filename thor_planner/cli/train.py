@@ -31,6 +31,7 @@ TrainDataChoice = _choices("TrainDataChoice", DATA)
 
 
 class GraftChoice(str, Enum):
+    auto = "auto"
     sgd = "sgd"
     adamw = "adamw"
     none = "none"
@@ -73,7 +74,7 @@ def train_cmd(
     plan: Path = typer.Option(None, "--plan", parser=path_value, metavar="FILE", help="plan.json for --optimizer thor (written by 'thor-plan profile' for this model)."),
     epochs: int = typer.Option(10, "--epochs", help="Passes over the training split."),
     steps: int = typer.Option(None, "--steps", help="Train exactly this many steps (replaces --epochs; the budget for gpt-*, whose batches are random windows)."),
-    graft: GraftChoice = typer.Option(GraftChoice.sgd, "--graft", help="THOR variants: whose settings the step takes — sgd (each layer's step has SGD's length; momentum 0.9), adamw (a drop-in for AdamW: Adam's filtered gradient is preconditioned and takes AdamW's length per layer; embeddings and LayerNorm get AdamW; the choice for transformers) or none (raw natural gradient)."),
+    graft: GraftChoice = typer.Option(GraftChoice.auto, "--graft", help="THOR variants: whose settings the step takes — auto (the variant's own: adamw for thor-eigen, else sgd), sgd (each layer's step has SGD's length; momentum 0.9), adamw (a drop-in for AdamW: Adam's filtered gradient is preconditioned and takes AdamW's length per layer; embeddings and LayerNorm get AdamW; the choice for transformers) or none (raw natural gradient)."),
     lr: float = typer.Option(None, "--lr", help="Peak learning rate (default: thor/thor-128/kfac 0.1 and sgd 0.1 — THOR steps take SGD's length —, with --graft adamw AdamW's 0.01, adamw 0.01, mlbfgs 1.0, lamb 0.05)."),
     lr_schedule: LrScheduleChoice = typer.Option(LrScheduleChoice.cosine, "--lr-schedule", help="cosine (to 0 over the run, per step) or constant; the same for every optimizer."),
     warmup: float = typer.Option(0.0, "--warmup", help="Linear warm-up over this fraction of the steps, before the schedule (e.g. 0.05)."),

@@ -56,7 +56,7 @@ def tune_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the sampler and of every trial's training."),
     batch_size: int = typer.Option(32, "--batch-size", help="Samples (sequences for language models) per step."),
     eval_every: int = typer.Option(None, "--eval-every", help="Also evaluate every N steps (default: once per epoch)."),
-    graft: str = typer.Option("sgd", "--graft", help="thor, thor-128, kfac: sgd (SGD's step lengths and lr range) or adamw (THOR as a drop-in for AdamW, AdamW's lr range: for transformers)."),
+    graft: str = typer.Option("auto", "--graft", help="THOR variants: auto (the variant's own: adamw for thor-eigen, else sgd), sgd (SGD's step lengths and lr range) or adamw (THOR as a drop-in for AdamW, AdamW's lr range: for transformers)."),
     pruner: PrunerChoice = typer.Option(PrunerChoice.median, "--pruner", help="median: stop a trial whose error is worse than the median of earlier trials at the same step; none."),
     sampler: SamplerChoice = typer.Option(SamplerChoice.tpe, "--sampler", help="tpe (model-based after 5 random trials) or qmc (quasi-random Sobol points, as AlgoPerf's search)."),
     json_out: bool = typer.Option(False, "--json", help="Print only one JSON summary line on stdout (everything else goes to stderr)."),

@@ -59,8 +59,9 @@ def _split_families(path: Path, timings: pd.DataFrame, family: str) -> tuple[pd.
     """The plan family's rows (files without a ``family`` column hold only those) and the others'."""
     if "family" not in timings.columns:
         return timings, None
-    own = timings[timings["family"] == family].drop(columns="family").reset_index(drop=True)
-    others = timings[timings["family"] != family].reset_index(drop=True)
+    named = timings["family"].fillna(family)  # a row cut short names no family: it is checked as the plan's
+    own = timings[named == family].drop(columns="family").reset_index(drop=True)
+    others = timings[named != family].reset_index(drop=True)
     for name, rows in others.groupby("family"):
         if not (rows["candidate"].is_monotonic_increasing and rows["candidate"].is_unique):
             raise UserError(f"'{path}' needs increasing candidates for family {name!r}: re-create it with "

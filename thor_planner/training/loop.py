@@ -48,6 +48,7 @@ from thor_planner.utils.errors import UNSHOWN, ConfigError, check_seed
 from thor_planner.utils.progress import Progress
 
 CSV_COLUMNS = ("epoch", "step", "seconds", "train_loss", "test_loss", "test_accuracy")
+DEVICES, PRECISIONS = ("cpu", "cuda"), ("float32", "bf16")
 PROFILE_BATCHES, PROFILE_BATCH_SIZE, PROFILE_TIME_BUDGET = 2, 32, 0.05
 
 
@@ -88,10 +89,15 @@ class TrainConfig:
     #: ``history_size`` …).
     options: dict = field(default_factory=dict)
     #: THOR variants: ``"sgd"`` (the step's length grafted from SGD's), ``"adamw"`` (a drop-in for
-    #: AdamW: see :class:`~thor_planner.optim.THOR`) or ``None`` (the raw natural gradient), and
-    #: K-FAC's KL clipping bound (``None``: off).
-    graft: str | None = "sgd"
+    #: AdamW: see :class:`~thor_planner.optim.THOR`), ``None`` (the raw natural gradient) or ``"auto"``
+    #: (the variant's own: ``"adamw"`` for ``thor-eigen``, else ``"sgd"``; resolved at construction),
+    #: and K-FAC's KL clipping bound (``None``: off).
+    graft: str | None = "auto"
     kl_clip: float | None = None
+    #: where to train (``"cuda"``: the current CUDA device) and in which precision (``"bf16"``: bfloat16
+    #: autocast for the forward and loss; parameters, optimizer state and THOR's factors stay float32)
+    device: str = "cpu"
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         self._check_choices()
@@ -111,6 +117,10 @@ class TrainConfig:
             raise TrainConfigError("optimizer", self.optimizer, f"use {names(tuple(OPTIMIZERS))}", quote=True)
         if self.lr_schedule not in LR_SCHEDULES:
             raise TrainConfigError("lr_schedule", self.lr_schedule, f"use {names(LR_SCHEDULES)}", quote=True)
+        if self.device not in DEVICES:
+            raise TrainConfigError("device", self.device, f"use {names(DEVICES)}", quote=True)
+        if self.precision not in PRECISIONS:
+            raise TrainConfigError("precision", self.precision, f"use {names(PRECISIONS)}", quote=True)
         if self.plan is not None and not optimizer_spec(self.optimizer).plans:
             raise TrainConfigError("plan", str(self.plan), f"a plan applies only to optimizer 'thor', not "
                                    f"'{self.optimizer}'", quote=True)
@@ -158,12 +168,14 @@ class TrainConfig:
         from thor_planner.optim.arguments import Graft
 
         try:
-            graft = Graft.parse(self.graft)  # one check of the value, in the runtime's own words
+            graft = Graft.parse(spec.resolve_graft(self.graft))  # one check of the value, in the runtime's words
         except ConfigError as exc:
             raise TrainConfigError(exc.argument, exc.value, exc.requirement, quote=exc.quote) from None
-        if graft is not Graft.SGD and not spec.thor:
-            raise TrainConfigError("graft", self.graft, f"grafting applies only to {variants}, not "
-                                   f"'{self.optimizer}'", quote=True)
+        if graft.value not in spec.grafts:
+            raise TrainConfigError("graft", self.graft, f"grafting applies only to {variants}, not '{self.optimizer}'"
+                                   if not spec.thor else f"{self.optimizer} stands in for {names(spec.grafts)}",
+                                   quote=True)
+        object.__setattr__(self, "graft", None if graft is Graft.NONE else graft.value)
         if self.kl_clip is not None and not self.kl_clip > 0:
             raise TrainConfigError("kl_clip", self.kl_clip, "must be > 0 (or None)")
         unknown = sorted(set(self.options) - set(spec.options))
@@ -276,7 +288,8 @@ def _thor_plan(config: TrainConfig, progress: Progress):
     progress.note(f"No plan given: profiling {config.model} on {config.data} first "
                   f"({PROFILE_BATCHES} batches of {PROFILE_BATCH_SIZE}, {PROFILE_TIME_BUDGET} s timing per split)")
     start = time.perf_counter()
-    measurements = quick_profile(config.model, config.data, config.seed, progress)
+    measurements = quick_profile(config.model, config.data, config.seed, progress,
+                                 family=optimizer_spec(config.optimizer).preconditioner)
     plan = make_plan(measurements)
     seconds = time.perf_counter() - start
     layers = [f"{lp.name} {lp.a_split}/{lp.g_split}" for lp in plan.layers]
@@ -285,15 +298,15 @@ def _thor_plan(config: TrainConfig, progress: Progress):
     return plan, seconds
 
 
-def quick_profile(model: str, data: str, seed: int, progress: Progress = Progress()):
-    """The measurements of a quick CPU profile of a training model (what a planless ``thor`` and the
-    tuner plan from)."""
+def quick_profile(model: str, data: str, seed: int, progress: Progress = Progress(), family: str = "inverse"):
+    """The measurements of a quick CPU profile of a training model for a preconditioner ``family``
+    (what a planless ``thor`` / ``thor-eigen`` and the tuner plan from)."""
     from thor_planner.profiling.profiler import ProfileConfig, run_profile
     from thor_planner.timing.candidates import TimingConfig
 
     cfg = ProfileConfig(model=TRAIN_MODELS[model].profile_name, data=data, batches=PROFILE_BATCHES,
                         batch_size=PROFILE_BATCH_SIZE, seed=seed, device="cpu",
-                        timing=TimingConfig(budget_s=PROFILE_TIME_BUDGET))
+                        timing=TimingConfig(budget_s=PROFILE_TIME_BUDGET), family=(family,))
     measurements, _ = run_profile(cfg, progress)
     return measurements
 
@@ -315,15 +328,22 @@ def task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 EVAL_BATCH = 128
 
 
+def _autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str = "float32") -> tuple[float, float]:
     """(mean cross-entropy, accuracy) on the whole set in batches, in eval mode (LMs: over the
-    labelled tokens)."""
+    labelled tokens), on the model's device."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters(), x).device  # a parameterless model evaluates where its inputs are
     loss_sum, hits, count = 0.0, 0, 0
     for xb, yb in zip(x.split(EVAL_BATCH), y.split(EVAL_BATCH)):
-        logits = model(xb)
+        xb, yb = xb.to(device), yb.to(device)
+        with _autocast(device, precision):
+            logits = model(xb).float()
         labelled = yb != IGNORE_INDEX
         n = int(labelled.sum())
         loss_sum += float(task_loss(logits, yb)) * n
@@ -346,12 +366,17 @@ class _Run:
         self.counts_terms = config.task is MASKED_LM and optimizer_spec(config.optimizer).thor
         self.records: list[EvalRecord] = []
         self.seconds, self.step, self.loss_sum, self.loss_count, self.stopped = 0.0, 0, 0.0, 0, "completed"
+        self.device = torch.device(config.device)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One step; the clock runs from the batch's transfer to the loss read back (which waits for
+        the device)."""
         start = time.perf_counter()
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         self.schedule.apply(self.step)
         self.opt.zero_grad()
-        loss = task_loss(self.model(x), y)
+        with _autocast(self.device, self.config.precision):
+            loss = task_loss(self.model(x).float(), y)
         loss.backward()
         if self.counts_terms:
             self.opt.step(loss_samples=max(int((y != IGNORE_INDEX).sum()), 1))
@@ -364,7 +389,7 @@ class _Run:
         return value
 
     def evaluate(self) -> EvalRecord:
-        test_loss, accuracy = evaluate(self.model, *self.data.validation)
+        test_loss, accuracy = evaluate(self.model, *self.data.validation, precision=self.config.precision)
         record = EvalRecord(epoch=round(self.step / self.data.steps_per_epoch, 4), step=self.step,
                             seconds=self.seconds, train_loss=self.loss_sum / max(self.loss_count, 1),
                             test_loss=test_loss, test_accuracy=accuracy,
@@ -423,7 +448,7 @@ def train(config: TrainConfig, progress: Progress = Progress(), on_eval=None) ->
     uses_plan = optimizer_spec(config.optimizer).plans
     plan, profile_seconds = _thor_plan(config, progress) if uses_plan else (None, None)
     torch.manual_seed(config.seed)
-    model = spec.build()
+    model = spec.build().to(config.device)
     data = load_data(spec, config.data, config.batch_size, model)
     opt = make_optimizer(config, model, plan)  # refuses a plan that does not match the model
     run = _Run(config, model, opt, data, progress, on_eval)

@@ -7,10 +7,11 @@ call.
 Search spaces (what ``thor-plan tune`` and the time-to-target benchmark search; log-scaled where
 marked):
 
-- THOR variants (``thor``, ``thor-128``, ``kfac``): ``lr`` (SGD's range, 1e-3–1, log; with
+- THOR variants (``thor``, ``thor-128``, ``kfac``, ``thor-eigen``): ``lr`` (SGD's range, 1e-3–1, log; with
   ``graft="adamw"`` AdamW's, 1e-4–0.1, log), ``weight_decay`` (1e-6–0.1, log), ``warmup`` (0–0.2
   of the steps), ``damping_init`` (1e-3–0.3, log); ``thor`` also ``loss_threshold`` (1e-3–0.2,
-  log), the planner rule's threshold, re-planned from the profile without measuring again. The
+  log), the planner rule's threshold, re-planned from the profile without measuring again;
+  ``thor-eigen`` (a drop-in for AdamW only) takes AdamW's ``lr`` range and also ``loss_threshold``. The
   factor and inverse intervals and the trace thresholds keep the plan's schedule (or the default
   :class:`~thor_planner.planning.plan.Schedule`); the damping decays over the run as the schedule
   says, counted per epoch.
@@ -46,6 +47,8 @@ class OptimizerSpec:
     ``"first-order"``, ``"quasi-newton"`` or ``"peer"`` (registered by a benchmark).
     ``options``: the names of extra keyword options (``TrainConfig.options``) it accepts.
     ``adamw_lr``: its default learning rate when grafted to AdamW (THOR variants).
+    ``grafts``: the first-order optimizers a THOR variant can stand in for (the first is its default);
+    ``preconditioner``: its THOR preconditioner family (what a planless run profiles for).
     """
 
     name: str
@@ -58,6 +61,8 @@ class OptimizerSpec:
     options: tuple[str, ...] = ()
     adamw_lr: float | None = None
     adamw_space: tuple[Param, ...] | None = None
+    grafts: tuple[str, ...] = ("sgd",)
+    preconditioner: str = "inverse"
 
     @property
     def thor(self) -> bool:
@@ -68,6 +73,10 @@ class OptimizerSpec:
 
     def search_space(self, graft: str | None = "sgd") -> tuple[Param, ...]:
         return self.adamw_space if self.thor and graft == "adamw" and self.adamw_space else self.space
+
+    def resolve_graft(self, graft: str | None) -> str:
+        """``"auto"``: its default graft; else ``graft`` as the runtime names it (None → ``"none"``)."""
+        return self.grafts[0] if graft == "auto" else ("none" if graft is None else graft)
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}
@@ -126,14 +135,14 @@ def _mlbfgs(model: nn.Module, config, plan):
                   weight_decay=config.weight_decay, **config.options)
 
 
-def _thor(split: int | None, planned: bool = False) -> Factory:
+def _thor(split: int | None, planned: bool = False, family: str = "inverse") -> Factory:
     def build(model: nn.Module, config, plan):
         from thor_planner.optim import THOR
 
         extra = {"betas": _betas(config)} if "betas" in config.options else {}
         return THOR(model, plan if planned else None, split=None if planned else split, lr=config.learning_rate,
                     momentum=config.momentum, weight_decay=config.weight_decay, schedule=config.schedule,
-                    graft=config.graft, kl_clip=config.kl_clip, **extra)
+                    graft=config.graft, kl_clip=config.kl_clip, family=family, **extra)
     return build
 
 
@@ -141,18 +150,26 @@ _THOR_SPACE = (SGD_LR, WEIGHT_DECAY, WARMUP, Param(name="damping_init", low=1e-3
 _THOR_ADAMW_SPACE = (ADAMW_LR,) + _THOR_SPACE[1:]
 _THRESHOLD = Param(name="loss_threshold", low=1e-3, high=0.2, log=True)
 _THOR_OPTIONS = ("betas",)
+_INVERSE_GRAFTS = ("sgd", "adamw", "none")
 
 register_optimizer(OptimizerSpec(
     name="thor", summary="THOR with the plan's per-layer splits (profiles the model first without a plan)",
     build=_thor(None, planned=True), default_lr=0.1, adamw_lr=0.01, family="thor", plans=True,
-    space=_THOR_SPACE + (_THRESHOLD,), adamw_space=_THOR_ADAMW_SPACE + (_THRESHOLD,), options=_THOR_OPTIONS))
+    space=_THOR_SPACE + (_THRESHOLD,), adamw_space=_THOR_ADAMW_SPACE + (_THRESHOLD,), options=_THOR_OPTIONS,
+    grafts=_INVERSE_GRAFTS))
+register_optimizer(OptimizerSpec(
+    name="thor-eigen", summary="THOR's eigenbasis family with the plan's splits (Adam in the Kronecker eigenbasis; "
+    "a drop-in for AdamW; profiles the model for it first without a plan)", build=_thor(None, True, "eigen"),
+    default_lr=3e-3, family="thor", plans=True, space=_THOR_ADAMW_SPACE + (_THRESHOLD,), options=_THOR_OPTIONS,
+    grafts=("adamw",), preconditioner="eigen"))
 register_optimizer(OptimizerSpec(
     name="thor-128", summary="THOR with every factor split at 128", build=_thor(128), default_lr=0.1,
-    adamw_lr=0.01, family="thor", space=_THOR_SPACE, adamw_space=_THOR_ADAMW_SPACE, options=_THOR_OPTIONS))
+    adamw_lr=0.01, family="thor", space=_THOR_SPACE, adamw_space=_THOR_ADAMW_SPACE, options=_THOR_OPTIONS,
+    grafts=_INVERSE_GRAFTS))
 register_optimizer(OptimizerSpec(
     name="kfac", summary="dense, unsplit K-FAC factors (THOR's runtime at split = dimension)", build=_thor(None),
     default_lr=0.1, adamw_lr=0.01, family="thor", space=_THOR_SPACE, adamw_space=_THOR_ADAMW_SPACE,
-    options=_THOR_OPTIONS))
+    options=_THOR_OPTIONS, grafts=_INVERSE_GRAFTS))
 register_optimizer(OptimizerSpec(
     name="sgd", summary="SGD with momentum", build=_sgd, default_lr=0.1,
     space=(SGD_LR, MOMENTUM, WEIGHT_DECAY, WARMUP)))

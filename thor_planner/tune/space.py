@@ -41,11 +41,15 @@ def schedule_from(params: dict, base: Schedule = Schedule()) -> Schedule:
     return replace(base, damping_init=params["damping_init"]) if "damping_init" in params else base
 
 
-def train_options(optimizer: str, params: dict, graft: str | None = "sgd", base: Schedule = Schedule()) -> dict:
-    """The :class:`~thor_planner.training.TrainConfig` keywords a trial's parameters set (the plan of
-    ``thor`` is made separately, from ``loss_threshold``)."""
-    spec = optimizer_spec(optimizer)
-    options = trial_config(spec, params)
+def train_options(optimizer: str, params: dict, graft: str | None = "sgd", base: Schedule = Schedule(),
+                  base_options: dict | None = None) -> dict:
+    """The :class:`~thor_planner.training.TrainConfig` keywords a trial's parameters set over the base
+    run's ``options`` (a trial's ``beta1`` keeps the base's second beta; the plan of ``thor`` is made
+    separately, from ``loss_threshold``)."""
+    spec, base_options = optimizer_spec(optimizer), dict(base_options or {})
+    options = trial_config(spec, params, base_options.get("betas", (0.9, 0.999)))
+    if base_options or "options" in options:
+        options["options"] = {**base_options, **options.get("options", {})}
     if spec.thor:
         options["schedule"] = schedule_from(params, base)
         if graft != "sgd":

@@ -185,7 +185,8 @@ def _profile(config: TuneConfig, progress: Progress) -> _Profile | None:
         return _Profile(measurements, RuleConfig(name=Rule(rule.get("name", "crossover")), **kwargs), base.schedule,
                         False)
     progress.note(f"No plan given: profiling {t.model} on {t.data} first")
-    return _Profile(quick_profile(t.model, t.data, t.seed, progress), RuleConfig(), Schedule(), True)
+    family = optimizer_spec(t.optimizer).preconditioner
+    return _Profile(quick_profile(t.model, t.data, t.seed, progress, family), RuleConfig(), Schedule(), True)
 
 
 def _counts(study) -> dict:
@@ -202,7 +203,7 @@ def _objective(config: TuneConfig, profile: _Profile | None, folder: str):
 
     def objective(trial) -> float:
         params = suggest(trial, t.optimizer, t.graft)
-        options = train_options(t.optimizer, params, t.graft, profile.schedule if profile else Schedule())
+        options = train_options(t.optimizer, params, t.graft, profile.schedule if profile else Schedule(), t.options)
         plan_path = None
         if profile is not None:
             plan = profile.plan(params["loss_threshold"], options["schedule"])
@@ -279,7 +280,7 @@ def run_tune(config: TuneConfig, progress: Progress = Progress()) -> TuneResult:
     best, seconds, final = _best(config, study)
     tuned = None
     if profile is not None:
-        schedule = train_options("thor", best.params, t.graft, profile.schedule)["schedule"]
+        schedule = train_options(t.optimizer, best.params, t.graft, profile.schedule)["schedule"]
         tuned = profile.plan(best.params["loss_threshold"], schedule)
     return TuneResult(config=config, study=study, best=best, new_trials=len(study.get_trials(deepcopy=False)) - before,
                       best_seconds=seconds, best_value=final, measurements=profile.measurements if profile else None,

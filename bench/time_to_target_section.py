@@ -1,0 +1,82 @@
+"""The RESULTS.md section of the time-to-target benchmark: per workload, every optimizer's time and
+steps to the target, against the baseline's, and the goals met or missed."""
+
+from __future__ import annotations
+
+import math
+
+#: (optimizer, workload, reference, at most this fraction of the reference's time, "and before …")
+GOALS = (
+    ("thor", "gpt-tiny", "adamw", 0.7, ("muon", "soap")),
+    ("thor", "cnn", "sgd", 0.6, ()),
+    ("thor-eigen", "gpt-tiny", "adamw", 0.6, ("muon", "soap")),
+    ("thor-eigen", "cnn", "thor", 1.0, ()),
+)
+METRIC = {"bits_per_byte": "validation bits per byte", "accuracy": "accuracy"}
+
+
+def _fmt(value, digits: int = 1) -> str:
+    return "∞" if value is None else f"{value:.{digits}f}"
+
+
+def _row(name: str, r: dict, baseline: dict, metric: str) -> str:
+    if r.get("status", "ok") != "ok":
+        return f"| {name} | {r['status']} | | | | | |"
+    ratio = (f"{r['seconds'] / baseline['seconds']:.2f}×" if r.get("seconds") is not None and baseline.get("seconds")
+             else "–")
+    best = [t["best"] for t in r["trial_records"] if t["best"] is not None]
+    pick = min if metric == "bits_per_byte" else max
+    return (f"| {name} | {_fmt(r['seconds'])} | {ratio} | {_fmt(r['steps'], 0)} | {r['reached']}/{r['trials']} | "
+            f"{pick(best):.4f} | {_fmt(r['ms_per_step'], 0)} |" if best else f"| {name} | ∞ | | | 0/{r['trials']} | | |")
+
+
+def workload_table(name: str, w: dict) -> list[str]:
+    spec, metric = w["spec"], w["metric"]
+    base = spec["baseline"]
+    baseline = w["optimizers"].get(base, {})
+    lines = [f"### {name}: {spec['model']} on {spec['data']}, batch {spec['batch_size']}, {spec['steps']} steps, "
+             f"evaluated every {spec['eval_every']}", "",
+             f"Target: {METRIC.get(metric, metric)} {w['target']} ({'lower' if w['direction'] == 'min' else 'higher'} "
+             f"is better; set by {base}: {spec.get('target_set_by', {}).get('values', '')})", "",
+             f"| optimizer | seconds to target | × {base} | steps | trials reaching | best of its trials | ms/step |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [_row(o, r, baseline, metric) for o, r in w["optimizers"].items()]
+    return lines + [""]
+
+
+def goal_lines(workloads: dict) -> list[str]:
+    out = []
+    for opt, name, ref, fraction, before in GOALS:
+        w = workloads.get(name)
+        if w is None or opt not in w["optimizers"] or ref not in w["optimizers"]:
+            continue
+        mine, theirs = w["optimizers"][opt].get("seconds"), w["optimizers"][ref].get("seconds")
+        ratio = None if mine is None or theirs is None else mine / theirs
+        ahead = [p for p in before if p in w["optimizers"] and (w["optimizers"][p].get("seconds") is None or
+                                                                 (mine is not None and mine < w["optimizers"][p]["seconds"]))]
+        met = ratio is not None and ratio <= fraction and len(ahead) == len(before)
+        shown = "∞ (not reached)" if ratio is None else f"{ratio:.2f}×"
+        extra = f"; before {', '.join(before)}: {'yes' if len(ahead) == len(before) else 'no'}" if before else ""
+        out.append(f"- **{'met' if met else 'missed'}**: {opt} on {name} ≤ {fraction}× {ref}'s time{extra} "
+                   f"(measured {shown})")
+    return out
+
+
+def section(data: dict, name: str) -> str:
+    lines = [f"## Time to target against today's optimizers (`bench/{name.replace('_gpu', '')}.py`)", "",
+             f"Machine: {data['machine']}. Command: `{data['command']}`. Wall time of this run: "
+             f"{data['wall_seconds'] / 3600:.2f} h (targets set in earlier runs are reused).", "",
+             "Each optimizer tuned with the same number of quasi-random trials in its own search space (one "
+             "study); score = training seconds to the target of the fastest trial (evaluation excluded), ∞ when "
+             "none reached it. Figures: `bench/results/" + name + ".html`; every trial: `bench/results/" + name
+             + ".json`.", ""]
+    for wname, w in data["workloads"].items():
+        lines += workload_table(wname, w)
+    score = data.get("benchmark_score") or {}
+    if score:
+        lines += ["AlgoPerf benchmark score (area under the performance profile, log τ): " +
+                  ", ".join(f"{k} {v:.2f}" for k, v in sorted(score.items(), key=lambda kv: -kv[1])), ""]
+    goals = goal_lines(data["workloads"])
+    if goals:
+        lines += ["Goals:", *goals]
+    return "\n".join(lines)
