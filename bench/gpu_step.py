@@ -29,10 +29,10 @@ point, kfac-pytorch's inverses, Shampoo's root inverses: E = 100; ``thor_late``:
 2. is moved, through its own step counter, to just before an event and takes two steps, so one
    event has run on real statistics (Shampoo's first root inverse, at its step 100);
 3. is moved to step 200 − W and takes W timed steps (``--window``, a multiple of 10: W/10 factor
-   steps, no event), then step 200, a factor step with the event, timed alone.
+   steps, no event), then step 200, a factor step with the event.
 
-Each step is timed alone (CUDA events between steps, no synchronisation inside the window; the host
-clock on the CPU). ms/step = mean of the W steps + (event step − mean factor step of the window) / E,
+Each step is timed alone (CUDA events between steps, one synchronisation after the event step; the
+host clock on the CPU). ms/step = mean of the W steps + (event step − mean factor step of the window) / E,
 which is the mean over a cycle of E steps. Every THOR event re-inverts every layer (ω1 = 0 at that
 check point): the most a check point costs; the trace rule can only make it cheaper.
 
@@ -212,12 +212,12 @@ class Case:
         if self.cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        times = self.timed_steps(step, window)
-        out = window_summary(times, first, row.factor_every)
-        if row.event_every is not None:
-            with full_refresh(opt, row.thor):
-                (event,) = self.timed_steps(step, 1)
-            out.update(amortize(out, event * 1e3, row.event_every))
+        event = row.event_every is not None
+        with full_refresh(opt, row.thor):  # the window holds no check point: only the event step refreshes
+            times = self.timed_steps(step, window + int(event))  # the event step right after the window
+        out = window_summary(times[:window], first, row.factor_every)
+        if event:
+            out.update(amortize(out, times[-1] * 1e3, row.event_every))
         peak = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.cuda else None
         out["peak_gib"] = None if peak is None else round(peak, 3)
         del model, opt, pre, step
