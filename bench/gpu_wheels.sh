@@ -4,13 +4,18 @@
 #           (the test suite imports them) with optuna's own needs, and heavyball (SOAP);
 #   .peers/ the benchmark peers from ../shared/anchors: the kfac-pytorch wheel and Distributed
 #           Shampoo's source.
-# Both folders are ignored by git. Run from anywhere; ANCHORS overrides ../shared/anchors.
+# Both folders are ignored by git. Run from anywhere; ANCHORS overrides ../shared/anchors (or
+# ../../shared/anchors for a checkout in a folder of worktrees).
 #
 #   bash bench/gpu_wheels.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
-anchors=${ANCHORS:-../shared/anchors}
+anchors=${ANCHORS:-}
+if [ -z "$anchors" ]; then  # ../shared beside the checkout, or beside the folder of worktrees
+  for d in ../shared/anchors ../../shared/anchors; do [ -d "$d" ] && anchors=$d && break; done
+fi
+[ -n "$anchors" ] || { echo "no shared/anchors found beside the checkout: set ANCHORS" >&2; exit 2; }
 # The GPU machine has torch, numpy, pandas, typer, rich, narwhals, packaging, PyYAML, tqdm,
 # MarkupSafe, typing-extensions and opt-einsum already; these are what it lacks.
 WHEELS=(plotly==7.1.0 optuna==5.0.0 alembic==1.20.1 colorlog==6.12.0 SQLAlchemy==2.1.9 Mako==1.4.3
