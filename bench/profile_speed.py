@@ -3,6 +3,7 @@ of the information-loss computation against a plain float64 ``eigvalsh`` referen
 
     python bench/profile_speed.py                 # cold + 3 warm runs, then the loss speed-up
     python bench/profile_speed.py --warm 5 --no-loss-speedup
+    python bench/profile_speed.py --warm 4 --no-loss-speedup --reproducibility   # the GPU suite's stage
 
 Each run is a fresh process (imports, CUDA initialisation and allocator warm-up included, as a user
 running ``thor-plan profile`` twice would see): the *cold* run starts with an empty backend-choice
@@ -10,7 +11,10 @@ cache, the *warm* runs reuse the cache the cold run filled. ``total_seconds`` is
 stages (what the CLI prints as "Measured in"); ``process_seconds`` adds imports and model loading.
 Writes ``bench/results/profile_speed-<device>.json``
 (``{"device", "total_seconds", "stages", "cold": {...}, "warm": [...]}``; the top-level total and
-stages are the median warm run's) and its section of bench/RESULTS.md.
+stages are the median warm run's; rewritten after every run, so a run cut short keeps what it
+measured) and its section of bench/RESULTS.md (``profile_speed-<device>`` on CUDA).
+``--reproducibility``: the cold and warm runs are also the identical runs of
+``bench/reproducibility.py`` (splits, crossover intervals), written as its JSON and section.
 
 Reference for the loss speed-up: float64 ``eigvalsh`` of every factor and of every diagonal block
 at every candidate (blocks batched per size), i.e. the same quantity computed the direct way.
@@ -33,7 +37,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from results import machine_line, write_section  # noqa: E402
+from results import device_name, device_slug, machine_line, write_json, write_section  # noqa: E402
 
 from thor_planner.utils.progress import Progress  # noqa: E402
 
@@ -51,13 +55,6 @@ class Stopwatch(Progress):
         self.seconds[name] = time.perf_counter() - start
 
 
-def device_slug() -> str:
-    from thor_planner.timing.device_profile import device_slug as slug
-    from thor_planner.timing.device import device_info, resolve_device
-
-    return slug(device_info(resolve_device("auto"), "auto"))
-
-
 def child(model: str) -> None:
     """One default profile in this process; prints one JSON line."""
     from thor_planner.planning.planner import make_plan
@@ -66,11 +63,12 @@ def child(model: str) -> None:
     watch = Stopwatch()
     measurements, _ = run_profile(ProfileConfig(model=model), watch)
     plan = make_plan(measurements)
+    busy = plan.device.get("busy") or {}
     print(json.dumps({"total_seconds": sum(watch.seconds.values()), "stages": watch.seconds,
                       "process_seconds": time.perf_counter() - START, "split": plan.split_dim,
                       "crossover": plan.crossover.x, "interval": plan.crossover.interval,
-                      "backends_cached": plan.device.get("backends_cached"),
-                      "busy": (plan.device.get("busy") or {}).get("busy")}))
+                      "spans": plan.crossover.spans, "backends_cached": plan.device.get("backends_cached"),
+                      "busy": busy.get("busy"), "others_peak_cores": busy.get("others_peak_cores")}))
 
 
 def run_child(cache: str, model: str = "resnet50") -> dict:
@@ -130,49 +128,68 @@ def loss_speedup_lines() -> list[str]:
     ]
 
 
+def speed_lines(device: str, model: str, cold: dict, warm: list[dict], typical: dict, name: str) -> list[str]:
+    gpu = torch.cuda.is_available()
+    goal_cold, goal_warm = (8.0, 5.0) if gpu else (25.0, 25.0)
+    stages = list(cold["stages"])
+    return [
+        f"## Default profile: `thor-plan profile --model {model}` ({device})",
+        "",
+        f"Machine: {machine_line()}. Defaults: synthetic data, 2 batches × 8. Each run a fresh "
+        "process; cold: empty backend-choice cache; warm: the cache the cold run filled. "
+        f"Raw numbers: `bench/results/{name}.json`.",
+        "",
+        "| run | " + " | ".join(stages) + " | measured | process | split | busy |",
+        "|---|" + "---:|" * (len(stages) + 2) + "---|---|",
+        *[f"| {run} | " + " | ".join(f"{r['stages'].get(s, 0):.1f}" for s in stages)
+          + f" | {r['total_seconds']:.1f} | {r['process_seconds']:.1f} | {r['split']} | {r['busy']} |"
+          for run, r in [("cold", cold)] + [(f"warm {i + 1}", r) for i, r in enumerate(warm)]],
+        "",
+        f"Goals: ≤ {goal_cold:g} s cold and ≤ {goal_warm:g} s warm (measured: sum of the stages). "
+        f"Cold {cold['total_seconds']:.1f} s ({'met' if cold['total_seconds'] <= goal_cold else 'missed'}), "
+        f"typical warm {typical['total_seconds']:.1f} s "
+        f"({'met' if typical['total_seconds'] <= goal_warm else 'missed'}).",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--model", default="resnet50", help=argparse.SUPPRESS)  # plumbing checks only
+    parser.add_argument("--model", default="resnet50", help="the model profiled (default resnet50)")
     parser.add_argument("--warm", type=int, default=3, help="warm runs after the cold one")
     parser.add_argument("--no-loss-speedup", action="store_true", help="skip the information-loss comparison")
+    parser.add_argument("--reproducibility", action="store_true",
+                        help="also write bench/reproducibility.py's report from these runs")
     args = parser.parse_args()
     if args.child:
         child(args.model)
         return
     device = device_slug()
+    name = f"profile_speed-{device}"
+    runs: list[dict] = []
+
+    def save() -> dict:
+        cold, warm = runs[0], runs[1:]
+        typical = sorted(warm, key=lambda r: r["total_seconds"])[len(warm) // 2] if warm else cold
+        write_json(name, {"device": device, "device_name": device_name(), "machine": machine_line(),
+                          "model": args.model, "total_seconds": typical["total_seconds"], "stages": typical["stages"],
+                          "cold": cold, "warm": warm})
+        return typical
+
     with tempfile.TemporaryDirectory(prefix="thor-plan-cache-") as cache:
-        cold = run_child(cache)
-        warm = [run_child(cache) for _ in range(args.warm)]
-    typical = sorted(warm, key=lambda r: r["total_seconds"])[len(warm) // 2] if warm else cold
-    out = HERE / "results" / f"profile_speed-{device}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"device": device, "machine": machine_line(),
-                               "total_seconds": typical["total_seconds"], "stages": typical["stages"],
-                               "cold": cold, "warm": warm}, indent=1) + "\n")
-    gpu = torch.cuda.is_available()
-    goal_cold, goal_warm = (8.0, 5.0) if gpu else (25.0, 25.0)
-    stages = list(cold["stages"])
-    lines = [
-        f"## Default profile: `thor-plan profile --model resnet50` ({device})",
-        "",
-        f"Machine: {machine_line()}. Defaults: synthetic data, 2 batches × 8 at 224×224. Each run a fresh "
-        "process; cold: empty backend-choice cache; warm: the cache the cold run filled. "
-        f"Raw numbers: `bench/results/{out.name}`.",
-        "",
-        "| run | " + " | ".join(stages) + " | measured | process | split | busy |",
-        "|---|" + "---:|" * (len(stages) + 2) + "---|---|",
-        *[f"| {name} | " + " | ".join(f"{r['stages'].get(s, 0):.1f}" for s in stages)
-          + f" | {r['total_seconds']:.1f} | {r['process_seconds']:.1f} | {r['split']} | {r['busy']} |"
-          for name, r in [("cold", cold)] + [(f"warm {i + 1}", r) for i, r in enumerate(warm)]],
-        "",
-        f"Goals: ≤ {goal_cold:g} s cold and ≤ {goal_warm:g} s warm (measured: sum of the stages). "
-        f"Cold {cold['total_seconds']:.1f} s, typical warm {typical['total_seconds']:.1f} s.",
-    ]
+        for i in range(1 + args.warm):
+            runs.append(run_child(cache, args.model))
+            print(f"{'cold' if i == 0 else f'warm {i}'}: {runs[-1]['total_seconds']:.1f} s measured, "
+                  f"{runs[-1]['process_seconds']:.1f} s process, split {runs[-1]['split']}", flush=True)
+            typical = save()
+    lines = speed_lines(device, args.model, runs[0], runs[1:], typical, name)
     if not args.no_loss_speedup:
         lines += [""] + loss_speedup_lines()
-    write_section("profile_speed", "\n".join(lines))
+    write_section("profile_speed" if not torch.cuda.is_available() else name, "\n".join(lines))
+    if args.reproducibility:
+        from reproducibility import write_report
 
+        write_report(device, args.model, runs)
 
 if __name__ == "__main__":
     main()

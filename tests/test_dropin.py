@@ -417,3 +417,27 @@ def test_a_good_device_step_between_skips_resets_the_run() -> None:
         run(model, opt, batches[4:5])  # two skips, never two in a row: a warning, no error
     assert [str(w.message) for w in caught] == [
         "THOR: 2 of steps 1-3 skipped: gradients contain NaN or Inf (1 in a row now, 2 in all)"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("family, lr", [("inverse", 0.05), ("eigen", 0.01)])
+def test_cuda_bf16_autocast_and_channels_last_train_both_families(family: str, lr: float) -> None:
+    """The GPU benchmark's setting (bf16 autocast, channels_last) on CUDA: float32 factors, finite
+    float32 weights, no skipped step, and the loss going down, for each preconditioner family."""
+    torch.manual_seed(8)
+    model = ConvNet().cuda().to(memory_format=torch.channels_last)
+    opt = THOR(model, split=4, schedule=EVERY_STEP, lr=lr, family=family)
+    (x, y), = data(1, seed=8, size=16)
+    x, y = x.cuda().contiguous(memory_format=torch.channels_last), y.cuda()
+    losses = []
+    for _ in range(8):
+        opt.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(l.factors.a.dtype == torch.float32 and l.factors.g.dtype == torch.float32 for l in opt._layers)
+    assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in model.parameters())
+    assert opt.stats()["skipped_steps"] == 0 and losses[-1] < losses[0]
