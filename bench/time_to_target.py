@@ -317,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu", action="store_true", help="the GPU workloads (gpt-small on CUDA, bf16)")
     parser.add_argument("--name", default=None, help="results name (default: time_to_target[_gpu])")
     parser.add_argument("--definitions", type=Path, default=WORKLOADS_JSON, help="workload definitions (JSON)")
+    parser.add_argument("--scratch", type=Path, default=None,
+                        help="write the JSON and page into this folder and leave bench/RESULTS.md alone (trial runs)")
     args = parser.parse_args(argv)
     _DEFINITIONS[0] = args.definitions
     if args.threads:
@@ -331,14 +333,21 @@ def main(argv: list[str] | None = None) -> None:
         if args.report:
             args.trials = 0
         results[workload.name] = run_workload(workload, args, command)
-    write_outputs(results, started, command, args.name or ("time_to_target_gpu" if args.gpu else "time_to_target"))
+    write_outputs(results, started, command, args.name or ("time_to_target_gpu" if args.gpu else "time_to_target"),
+                  args.scratch)
 
 
-def write_outputs(results: dict, started: float, command: str, name: str) -> None:
+def write_outputs(results: dict, started: float, command: str, name: str, scratch: Path | None = None) -> None:
     from time_to_target_page import write_page
     from time_to_target_section import section
 
     data = summary_json(results, started, command)
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
+        (scratch / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+        write_page(scratch / f"{name}.html", data)
+        print(section(data, name))
+        return
     write_json(name, data)
     write_page(BENCH / "results" / f"{name}.html", data)
     write_section(name, section(data, name))

@@ -52,6 +52,16 @@ def open_storage(url: str):
                         "folder exists and the URL is right") from None
 
 
+def _qmc(seed: int):
+    """optuna's scrambled Sobol sampler (quiet about being experimental: its sequence is what we use)."""
+    import warnings
+
+    optuna = import_optuna()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
+
+
 def open_study(*, storage_url: str, name: str, optimizer: str, space_signature: str, seed: int,
                pruner: str, sampler: str = "tpe"):
     """Create the study or continue it; refuse one made for another optimizer or search space.
@@ -74,8 +84,7 @@ def open_study(*, storage_url: str, name: str, optimizer: str, space_signature: 
                             "(model, data, budget, batch size, evaluation interval or seed differ): pick another "
                             "--study name")
     done = existing.n_trials if existing is not None else 0
-    samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed + done, n_startup_trials=5),
-                "qmc": lambda: optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)}
+    samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed + done, n_startup_trials=5), "qmc": lambda: _qmc(seed)}
     pruners = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
                "none": optuna.pruners.NopPruner()}
     study = optuna.create_study(storage=storage, study_name=name, direction="minimize", sampler=samplers[sampler](),
