@@ -116,10 +116,16 @@ def _fsdp_lines(plan: Plan) -> list[str]:
              for lp in changed[:5]] + ([f"and {len(changed) - 5} more"] if len(changed) > 5 else [])
     lines = [f"FSDP over {shards} ranks: " + (f"G splits reduced to tile the shards in {len(changed)} layers: "
                                                + ", ".join(shown) if changed else "every G split tiles the shards")]
+    to_one = [lp for lp in changed if lp.g_split == 1 and -(-lp.g_dim // shards) > 1]
+    if to_one:
+        bands = ", ".join(f"{lp.name}: {-(-lp.g_dim // shards)}" for lp in to_one[:5])
+        lines.append(f"FSDP: a G split of 1 keeps only G's diagonal; a candidate that divides the rows of a band "
+                     f"({bands}) keeps more (--candidates)")
     gathered = plan.rule.get("fsdp_gathered") or []
     if gathered:
-        lines.append(f"FSDP: {len(gathered)} layers have too few rows for every rank to hold some: THOR gathers "
-                     f"their rows: {', '.join(gathered[:5])}" + (f" and {len(gathered) - 5} more" if len(gathered) > 5 else ""))
+        lines.append(f"FSDP: {len(gathered)} layer{'s have' if len(gathered) > 1 else ' has'} too few rows for every "
+                     f"rank to hold some: THOR gathers their rows: {', '.join(gathered[:5])}"
+                     + (f" and {len(gathered) - 5} more" if len(gathered) > 5 else ""))
     return lines
 
 
