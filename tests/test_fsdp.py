@@ -126,7 +126,22 @@ def _refusals(rank: int) -> dict:
         except StateMismatchError as exc:
             out[name] = str(exc)
     out["eigen"] = _eigen_resumes(rank)
+    out["device_decided"] = {family: _device_decided(rank, family) for family in ("inverse", "eigen")}
     return out
+
+
+def _device_decided(rank: int, family: str) -> float:
+    """The largest difference between steps whose skip is decided on the host and steps decided on the
+    device (as on CUDA between captures and check points: the finiteness flag a tensor the update
+    consumes; a DTensor reduced over the ranks under FSDP, which the update must take as a plain one)."""
+    runs = []
+    for on_device in (False, True):
+        model = sharded_net()
+        opt = make_opt(model, family)
+        opt._sync_free = on_device
+        train(model, opt, batches()[:7], (rank, 2))
+        runs.append([p.to_local() for p in model.parameters()])
+    return max(float((p - q).abs().max()) for p, q in zip(*runs) if p.numel())
 
 
 def _eigen_resumes(rank: int) -> dict:
@@ -204,6 +219,9 @@ def test_fsdp_refusals_and_the_split_without_a_plan(tmp_path) -> None:
     assert out["no_plan"] == {"conv1": ("BandLayer", 2, 2), "conv2": ("BandLayer", 3, 3),
                               "fc": ("BandLayer", 3, 3), "gate": ("GatheredLayer", 4, 1)}
     assert out["eigen"] == {"moments": (3, 55), "bitwise": True}  # rank 0 holds 3 of fc's 5 rows
+    # the device-decided update multiplies by a tensor step instead of an alpha: rounding apart, which THOR's
+    # steps grow to ~1e-9 (inverse) and ~2e-8 (eigen) after 7 steps, as in one process without FSDP
+    assert max(out["device_decided"].values()) < 1e-6
     assert out["other_rank"] == ("THOR state was not saved by rank 0 of a model sharded with FSDP: load a state "
                                  "saved by the same FSDP run's optimizer on as many ranks")
 
