@@ -64,9 +64,6 @@ def main() -> None:
     opt = THOR(model, plan, lr=args.lr, momentum=0.9, weight_decay=5e-4, **({} if plan else {"split": 128}))
     if args.resume:
         dcp.load({"model": model, "optim": opt}, checkpoint_id=args.resume)
-    if rank == 0:
-        held = {l.name: f"{type(l).__name__} rows {l.g_part.dim} at G split {l.g_part.split}" for l in opt._layers}
-        print(f"THOR on {world} FSDP ranks, rank 0 holds: {held}", flush=True)
 
     x_train, y_train, x_test, y_test = (t.to(device) for t in digits_split(seed=0))
     local = args.batch_size // world

@@ -62,7 +62,8 @@ from thor_planner.optim.factors import RunningFactors
 from thor_planner.optim.layer import Layer
 from thor_planner.optim.preconditioner import Family
 from thor_planner.optim.refresh import SolvedBlocks
-from thor_planner.partition import Partition, crossed_rows, every_shard_holds_rows, partition, shard_rows, tiling_split
+from thor_planner.partition import (Partition, crossed_rows, every_shard_holds_rows, partition, shard_rows,
+                                    tiling_split)
 from thor_planner.planning.assignment import assign_lpt, factor_cost, shared_factors
 
 
