@@ -473,3 +473,24 @@ def test_plan_for_several_ranks_uses_one_ranks_share(profile_copy: Path) -> None
     assert plan["curves"]["inversion_seconds"] == pytest.approx(m.seconds)
     assert plan["curves"]["inversion_seconds_per_rank"] == pytest.approx(expected)
     assert all(p <= s for p, s in zip(expected, m.seconds))
+
+
+def test_plan_for_fsdp_tiles_the_shards_and_says_what_changed(profile_copy: Path) -> None:
+    """--fsdp N: every G split tiles its layer's N shards; the summary names the splits it changed."""
+    from thor_planner.partition import crossed_rows, partition, shard_rows
+
+    result = invoke("plan", "--from", profile_copy, "--fsdp", "4")
+    assert result.exit_code == 0, result.stderr
+    plan = Plan.load(profile_copy / "plan.json")
+    assert plan.rule["fsdp"] == 4
+    for lp in plan.layers:
+        assert not crossed_rows(partition(lp.g_dim, lp.g_split), shard_rows(lp.g_dim, 4)) \
+            or lp.name in plan.rule.get("fsdp_gathered", [])
+    changed = [lp for lp in plan.layers if lp.g_split_unconstrained is not None]
+    assert "FSDP over 4 ranks: " in result.stdout
+    for lp in changed:
+        assert f"{lp.name} {lp.g_split_unconstrained}→{lp.g_split}" in result.stdout
+    assert_fails(invoke("plan", "--from", profile_copy, "--fsdp", "0"),
+                 "Invalid --fsdp=0: must be >= 1 (the number of ranks FSDP shards the model over)")
+    assert_fails(invoke("plan", "--from", profile_copy, "--fsdp", "4", "--world-size", "2"),
+                 "--world-size 2 and --fsdp 4 describe the same ranks: give --fsdp alone")

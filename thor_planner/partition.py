@@ -7,6 +7,13 @@ A factor of dimension ``d`` split at ``b`` keeps the diagonal blocks of size ``s
 The information-loss computation, the timing and the THOR runtime all call :func:`partition`,
 :func:`extract_blocks` and :func:`group_by_size`, so the planner measures exactly the blocks that
 training inverts.
+
+**Shards** (FSDP2): ``fully_shard`` cuts a parameter's first dimension (a layer's output features,
+the dimension of its G factor) into one contiguous band of rows per rank, ``ceil(dim / N)`` rows
+each, the last ranks fewer or none (:func:`shard_rows`). A G split *tiles* the shards when no block
+crosses a band boundary (:func:`crossed_rows`): each rank then holds whole blocks of its own rows.
+:func:`tiling_split` is the constraint, the planner's (``thor-plan profile --fsdp N``) and the
+runtime's (``THOR(split=...)`` on a sharded model) alike.
 """
 
 from __future__ import annotations
@@ -149,3 +156,37 @@ def matmul_right(x: torch.Tensor, blocks: list[torch.Tensor], part: Partition) -
 def matmul_left(blocks: list[torch.Tensor], x: torch.Tensor, part: Partition) -> torch.Tensor:
     """``blockdiag(blocks) @ x`` for ``x`` of shape ``(dim, cols)``."""
     return matmul_right(x.T, [b.transpose(-1, -2) for b in blocks], part).T
+
+
+def shard_rows(dim: int, shards: int) -> list[tuple[int, int]]:
+    """``(offset, rows)`` of each rank's band when FSDP2 shards ``dim`` rows over ``shards`` ranks:
+    ``torch.chunk``'s cut, ``ceil(dim / shards)`` rows each, the last ranks fewer, possibly none."""
+    if shards < 1:
+        raise ValueError(f"Invalid shards={shards}: must be >= 1")
+    chunk = -(-dim // shards)
+    return [(min(r * chunk, dim), max(0, min(chunk, dim - r * chunk))) for r in range(shards)]
+
+
+def crossed_rows(part: Partition, bands: list[tuple[int, int]]) -> list[int]:
+    """The band boundaries (first rows of the bands after the first) that fall inside a block of
+    ``part``: empty when its blocks tile the bands."""
+    ends, edge = set(), 0
+    for size in part.sizes():
+        edge += size
+        ends.add(edge)
+    return [offset for offset, rows in bands if 0 < offset < part.dim and rows and offset not in ends]
+
+
+def every_shard_holds_rows(dim: int, shards: int) -> bool:
+    """Whether every rank holds at least one of ``dim`` rows (else the layer cannot be tiled)."""
+    return all(rows > 0 for _, rows in shard_rows(dim, shards))
+
+
+def tiling_split(dim: int, shards: int, split: int, allowed=None) -> int | None:
+    """The largest split ``<= split`` whose blocks tile the ``shards`` bands of ``dim`` rows, among
+    ``allowed`` (e.g. the planner's candidates) or else among all integers (1 always tiles);
+    ``None`` when none of ``allowed`` does. A split that tiles already is returned as it is."""
+    bands = shard_rows(dim, shards)
+    choices = sorted({int(b) for b in allowed if b <= split}, reverse=True) if allowed is not None \
+        else [split, *range(min(split, dim), 0, -1)]
+    return next((b for b in choices if not crossed_rows(partition(dim, b), bands)), None)

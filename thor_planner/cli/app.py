@@ -58,7 +58,8 @@ def main_options(
     """Plan THOR's per-layer Kronecker-factor block splits from measurements on your hardware."""
 
 
-def _rule_config(rule: Rule, threshold: float, overhead: float, interval: int, world_size: int = 1) -> RuleConfig:
+def _rule_config(rule: Rule, threshold: float, overhead: float, interval: int, world_size: int = 1,
+                 fsdp: int = 1) -> RuleConfig:
     if not 0 < threshold < 1:
         raise UserError(f"Invalid --threshold={threshold:g}: must be in (0, 1), e.g. 0.01 for 1%")
     if not 0 < overhead < math.inf:
@@ -67,8 +68,12 @@ def _rule_config(rule: Rule, threshold: float, overhead: float, interval: int, w
         raise UserError(f"Invalid --interval={interval}: must be >= 1 step")
     if world_size < 1:
         raise UserError(f"Invalid --world-size={world_size}: must be >= 1 (the number of data-parallel ranks)")
+    if fsdp < 1:
+        raise UserError(f"Invalid --fsdp={fsdp}: must be >= 1 (the number of ranks FSDP shards the model over)")
+    if fsdp > 1 and world_size > 1 and fsdp != world_size:
+        raise UserError(f"--world-size {world_size} and --fsdp {fsdp} describe the same ranks: give --fsdp alone")
     return RuleConfig(name=rule, loss_threshold=threshold, overhead=overhead, interval=interval,
-                      world_size=world_size)
+                      world_size=world_size, fsdp=fsdp)
 
 
 def _parse_candidates(text: str | None) -> tuple[int, ...] | None:
@@ -92,11 +97,36 @@ def _summarise(plan: Plan, out: Path | None = None) -> None:
         console.print(escape(f"Note: {co.tie_break}."), highlight=False)
     if co.warning:
         console.print(f"[yellow]Warning:[/] {escape(co.warning)}", highlight=False)
+    for line in _fsdp_lines(plan):
+        console.print(escape(line), highlight=False)
     busy = plan.device.get("busy")
     if isinstance(busy, dict) and busy.get("busy") and busy.get("warning"):
         console.print(f"[yellow]Warning:[/] {escape(str(busy['warning']))}", highlight=False)
     if out is not None:
         console.print(escape(f"Wrote {out}"))
+
+
+def _fsdp_lines(plan: Plan) -> list[str]:
+    """What planning for FSDP changed: G splits constrained to tile the shards, and at what loss."""
+    shards = plan.rule.get("fsdp")
+    if not shards:
+        return []
+    changed = [lp for lp in plan.layers if lp.g_split_unconstrained is not None]
+    shown = [f"{lp.name} {lp.g_split_unconstrained}→{lp.g_split} (G loss {lp.g_loss_unconstrained:.3f}→{lp.g_loss:.3f})"
+             for lp in changed[:5]] + ([f"and {len(changed) - 5} more"] if len(changed) > 5 else [])
+    lines = [f"FSDP over {shards} ranks: " + (f"G splits reduced to tile the shards in {len(changed)} layers: "
+                                               + ", ".join(shown) if changed else "every G split tiles the shards")]
+    to_one = [lp for lp in changed if lp.g_split == 1 and -(-lp.g_dim // shards) > 1]
+    if to_one:
+        bands = ", ".join(f"{lp.name}: {-(-lp.g_dim // shards)}" for lp in to_one[:5])
+        lines.append(f"FSDP: a G split of 1 keeps only G's diagonal; a candidate that divides the rows of a band "
+                     f"({bands}) keeps more (--candidates)")
+    gathered = plan.rule.get("fsdp_gathered") or []
+    if gathered:
+        lines.append(f"FSDP: {len(gathered)} layer{'s have' if len(gathered) > 1 else ' has'} too few rows for every "
+                     f"rank to hold some: THOR gathers their rows: {', '.join(gathered[:5])}"
+                     + (f" and {len(gathered) - 5} more" if len(gathered) > 5 else ""))
+    return lines
 
 
 def _offline_target(path: Path | None, rule: Rule):
@@ -120,6 +150,7 @@ OverheadOpt = typer.Option(0.05, "--overhead", help="budget rule: allowed invers
 IntervalOpt = typer.Option(100, "--interval", help="budget rule: steps between inverse refreshes to amortize over.")
 RuleOpt = typer.Option(Rule.crossover, "--rule", help="How to pick the global split.")
 WorldSizeOpt = typer.Option(1, "--world-size", help="Data-parallel ranks the plan is for: the rules use one rank's share of the inversions.")
+FsdpOpt = typer.Option(1, "--fsdp", help="Plan for a model sharded with FSDP2 (fully_shard) over N ranks: every G split tiles the N shards of its layer's rows (the plan lists the splits this changed and their loss).")
 
 
 @app.command()
@@ -145,6 +176,7 @@ def profile(
     overhead: float = OverheadOpt,
     interval: int = IntervalOpt,
     world_size: int = WorldSizeOpt,
+    fsdp: int = FsdpOpt,
     out: Path = typer.Option(None, "--out", "-o", parser=path_value, metavar="FOLDER", help="Output folder (default: runs/<model>-<device>, which git ignores; the committed examples in profiles/ are never written by default)."),
     save_factors: bool = typer.Option(False, "--save-factors", help="Also write the captured factors (factors.pt; hundreds of MB for ResNet-50)."),
     refresh_backends: bool = typer.Option(False, "--refresh-backends", help="Check (and for auto, time) the backends again instead of reusing this device's cached choice."),
@@ -157,7 +189,7 @@ def profile(
     from thor_planner.timing.candidates import TimingConfig
 
     with user_errors("lower --batch-size, --batches or --input-size"):
-        rule_cfg = _rule_config(rule, threshold, overhead, interval, world_size)
+        rule_cfg = _rule_config(rule, threshold, overhead, interval, world_size, fsdp)
         target = _offline_target(device_profile, rule)
         if not 0 < time_budget < math.inf:
             raise UserError(f"Invalid --time-budget={time_budget:g}: must be > 0 seconds")
@@ -200,10 +232,11 @@ def plan_cmd(
     overhead: float = OverheadOpt,
     interval: int = IntervalOpt,
     world_size: int = WorldSizeOpt,
+    fsdp: int = FsdpOpt,
 ) -> None:
     """Re-plan from saved measurements without measuring again; rewrites plan.json and report.html."""
     with user_errors():
-        rule_cfg = _rule_config(rule, threshold, overhead, interval, world_size)
+        rule_cfg = _rule_config(rule, threshold, overhead, interval, world_size, fsdp)
         measurements = Measurements.load(from_)
         check_writable(from_)
         plan = make_plan(measurements, rule_cfg)
@@ -246,7 +279,8 @@ def show(plan_path: Path = typer.Argument(..., metavar="PLAN", parser=path_value
                          f"Fisher {cap.get('fisher')} · rule {plan.rule.get('name')}, "
                          f"loss threshold {plan.rule.get('loss_threshold'):g}"))
     _summarise(plan)
-    rows = [[lp.name, lp.kind, str(lp.a_dim), str(lp.a_split), f"{lp.a_loss:.3f}", str(lp.g_dim), str(lp.g_split),
+    rows = [[lp.name, lp.kind, str(lp.a_dim), str(lp.a_split), f"{lp.a_loss:.3f}", str(lp.g_dim),
+             str(lp.g_split) if lp.g_split_unconstrained is None else f"{lp.g_split} (FSDP; was {lp.g_split_unconstrained})",
              f"{lp.g_loss:.3f}"] for lp in plan.layers]
     print_table(console, ["layer", "kind", "A dim", "A split", "A loss", "G dim", "G split", "G loss"], rows, right=2)
     for s in plan.skipped:

@@ -4,7 +4,8 @@ trace rule and check points (``trace``, ``refresh``), the preconditioner familie
 (``preconditioner``), the grafted directions (``direction``), the foreach SGD / AdamW update
 (``update``), a preconditioned layer's state (``layer``), checkpoints (``checkpoint``),
 argument checks (``arguments``), sharing factors and solved blocks across ``torch.distributed``
-ranks (``distributed``) and the mL-BFGS and LAMB baselines (``mlbfgs``, ``lamb``).
+ranks (``distributed``), models sharded with FSDP2, each rank preconditioning its own rows
+(``sharded``), and the mL-BFGS and LAMB baselines (``mlbfgs``, ``lamb``).
 
 Exports ``THOR``, ``Graft``, ``DivergedError``, the family registry and the trace rule's decisions.
 Imports capture, partition, inversion, the plan file (``planning.plan``) and LPT assignment

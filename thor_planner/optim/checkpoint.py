@@ -62,6 +62,9 @@ def check_same_family(family: str, thor: dict) -> None:
 
 def upgrade(thor: dict) -> dict:
     """A version-1 ``"thor"`` state as version 2 (a version-2 state is returned as it is)."""
+    if "layers" not in thor and any(str(k).startswith("rank") for k in thor):
+        raise StateMismatchError("THOR state was saved by THOR on a model sharded with FSDP (one part per rank): "
+                                 "load it into the same FSDP run's optimizer")
     if thor.get("version", 1) >= VERSION:
         return thor
     layers = {}

@@ -30,7 +30,9 @@ import torch.distributed as dist
 from thor_planner.optim.blocks import packed_size, unpack
 from thor_planner.optim.layer import Layer
 from thor_planner.optim.preconditioner import Family
+from thor_planner.optim.preconditioner.base import Blocks
 from thor_planner.optim.refresh import SolvedBlocks, solve_here
+from thor_planner.partition import Partition
 from thor_planner.planning.assignment import assign_lpt, layer_cost
 from thor_planner.utils.errors import UserError
 
@@ -66,7 +68,7 @@ class RankGroup:
     def __init__(self, layers: list[Layer], device: torch.device, family: Family):
         self.world, self.rank = dist.get_world_size(), dist.get_rank()
         self.device, self.family = device, family
-        mine = [(l.name, l.a_part.dim, l.g_part.dim, l.a_part.split, l.g_part.split) for l in layers]
+        mine = [(l.name, *l.dims, l.a_part.split, l.g_part.split, type(l).__name__) for l in layers]
         everyone: list = [None] * self.world
         dist.all_gather_object(everyone, {"layers": mine, "device": device.type})
         devices = sorted({e["device"] for e in everyone})
@@ -89,7 +91,7 @@ class RankGroup:
         for l in layers:
             has = l.name in a_new and l.name in g_new
             present.append(1.0 if has else 0.0)
-            for new, part in ((a_new, l.a_part), (g_new, l.g_part)):
+            for new, part in zip((a_new, g_new), l.capture_parts):
                 chunks.append(new[l.name].reshape(-1) if has else
                               torch.zeros(packed_size(part), dtype=dtype, device=self.device))
         flat = torch.cat(chunks + [torch.tensor(present, dtype=dtype, device=self.device)])
@@ -100,7 +102,7 @@ class RankGroup:
         counts = flat[-len(layers):].tolist() if layers else []
         a_out, g_out, offset = {}, {}, 0
         for l, count in zip(layers, counts):
-            for out, part in ((a_out, l.a_part), (g_out, l.g_part)):
+            for out, part in zip((a_out, g_out), l.capture_parts):
                 size = packed_size(part)
                 if count > 0:
                     out[l.name] = flat[offset: offset + size] / count
@@ -113,25 +115,43 @@ class RankGroup:
         """Solve each rank's share of ``layers`` there and broadcast the solved blocks."""
         owner = assign_lpt([layer_cost(l.a_part, l.g_part) for l in layers], self.world)
         mine = [i for i, r in enumerate(owner) if r == self.rank]
-        own = dict(zip(mine, solve_here(self.family, [layers[i] for i in mine],
-                                        [f for i in mine for f in factors[2 * i: 2 * i + 2]], shift))) if mine else {}
-        dtype = factors[0].dtype
-        received: dict[int, SolvedBlocks] = {}
+        solved = solve_here(self.family, [layers[i] for i in mine],
+                            [f for i in mine for f in factors[2 * i: 2 * i + 2]], shift) if mine else []
+        own = {i: list(pair) for i, pair in zip(mine, solved)}
+        received = self.exchange(owner, [[l.a_part, l.g_part] for l in layers], own, factors[0].dtype)
+        return [(received[i][0], received[i][1]) for i in range(len(layers))]
+
+    def exchange(self, owner: list[int], parts: list[list[Partition]], own: dict[int, list[Blocks]],
+                 dtype: torch.dtype) -> dict[int, list[Blocks]]:
+        """Every job's solved blocks on every rank: job ``j`` (the factors of partitions ``parts[j]``)
+        was solved on rank ``owner[j]``, this rank's in ``own``; one flat broadcast per rank."""
+        received: dict[int, list[Blocks]] = {}
         for r in range(self.world):
-            theirs = [i for i, o in enumerate(owner) if o == r]
+            theirs = [j for j, o in enumerate(owner) if o == r]
             if not theirs:
                 continue
             if r == self.rank:
-                flat = torch.cat([b.reshape(-1) for i in theirs for stacks in own[i] for b in stacks])
+                flat = torch.cat([b.reshape(-1) for j in theirs for stacks in own[j] for b in stacks])
             else:
-                size = sum(packed_size(p) for i in theirs for p in (layers[i].a_part, layers[i].g_part))
-                flat = torch.empty(size, dtype=dtype, device=self.device)
+                flat = torch.empty(sum(packed_size(p) for j in theirs for p in parts[j]), dtype=dtype,
+                                   device=self.device)
             dist.broadcast(flat, src=r)
             offset = 0
-            for i in theirs:
-                pair = []
-                for part in (layers[i].a_part, layers[i].g_part):
-                    pair.append(unpack(flat[offset: offset + packed_size(part)], part))
+            for j in theirs:
+                received[j] = []
+                for part in parts[j]:
+                    received[j].append(unpack(flat[offset: offset + packed_size(part)], part))
                     offset += packed_size(part)
-                received[i] = (pair[0], pair[1])
-        return [received[i] for i in range(len(layers))]
+        return received
+
+    # -- what differs from FSDP (:mod:`.sharded`) --------------------------------------------------
+
+    #: sums a layer's direction statistics over the ranks holding parts of it: none under DDP
+    band_total = None
+
+    def pack_state(self, state: dict, groups: list[dict], *, adam: bool) -> dict:
+        """The optimizer state as this rank saves it: under DDP every rank's is the same, as it is."""
+        return state
+
+    def unpack_state(self, state: dict) -> dict:
+        return state

@@ -59,8 +59,11 @@ def warn_at_caller(message: str) -> None:
 
 
 def finite_flag(grads: list[torch.Tensor]) -> torch.Tensor:
-    """0-dim bool on the device: every gradient's L2 norm is finite (NaN/Inf propagate into it)."""
-    return torch.stack([n.float() for n in torch._foreach_norm(grads, 2)]).isfinite().all()
+    """0-dim bool on the device: every gradient's L2 norm is finite (NaN/Inf propagate into it). With
+    FSDP2's DTensor gradients the norms are reduced over the ranks, so every rank gets the same flag,
+    returned as a plain tensor (what the update and the families' directions take)."""
+    flag = torch.stack([n.float() for n in torch._foreach_norm(grads, 2)]).isfinite().all()
+    return flag.full_tensor() if hasattr(flag, "full_tensor") else flag
 
 
 def grads_finite(grads: list[torch.Tensor], flag: torch.Tensor) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -57,9 +58,24 @@ class Layer:
     trace: LayerTrace = field(default_factory=LayerTrace)
     source: RefreshSource | None = None
 
+    #: whether this rank holds only a band of the layer's rows, other ranks the rest (FSDP:
+    #: :class:`~thor_planner.optim.sharded.BandLayer`); statistics of its direction are then sums
+    #: over the ranks (:func:`~thor_planner.optim.direction.directions`)
+    banded: ClassVar[bool] = False
+
     @property
     def weight(self) -> nn.Parameter:
         return self.module.weight
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        """The whole layer's ``(a_dim, g_dim)`` (the trace rule's, whatever part of it a rank holds)."""
+        return self.a_part.dim, self.g_part.dim
+
+    @property
+    def capture_parts(self) -> tuple[Partition, Partition]:
+        """The partitions of A and G as a rank captures them (the whole factors)."""
+        return self.a_part, self.g_part
 
     @property
     def bias(self) -> nn.Parameter | None:

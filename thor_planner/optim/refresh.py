@@ -48,8 +48,7 @@ def check_point(live: list[Layer], step: int, shift: float, solver: Solver) -> b
     traces = torch.stack([l.factors.traces(l.a_part, l.g_part) for l in ready]).tolist()
     todo, froze = [], False
     for layer, (ta, tg) in zip(ready, traces):
-        decision = layer.trace.check(ta, tg, layer.a_part.dim, layer.g_part.dim, shift,
-                                     layer.omega1, layer.omega2)
+        decision = layer.trace.check(ta, tg, *layer.dims, shift, layer.omega1, layer.omega2)
         todo += [layer] if decision == UPDATE else []
         froze |= decision == STOP
     if todo:

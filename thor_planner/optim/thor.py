@@ -51,12 +51,13 @@ from thor_planner.optim.checkpoint import (VERSION, check_same_family, check_sam
                                           param_shapes, upgrade)
 from thor_planner.optim.arguments import Graft, check_arguments, check_group
 from thor_planner.optim.direction import directions
-from thor_planner.optim.distributed import RankGroup, unwrap, wanted
+from thor_planner.optim.distributed import unwrap
 from thor_planner.optim.factors import BlockFactorCollector
 from thor_planner.optim.guard import DivergedError, SkipGuard
 from thor_planner.optim.layer import Layer, plan_backends
 from thor_planner.optim.preconditioner import Family, family_class
 from thor_planner.optim.refresh import check_point, local_solver, replay
+from thor_planner.optim.sharded import rank_group
 from thor_planner.optim.update import adam_moments, adamw_update, sgd_update
 from thor_planner.partition import partition
 from thor_planner.planning.plan import Plan, Schedule
@@ -100,7 +101,8 @@ class THOR(torch.optim.Optimizer):
             (:class:`~thor_planner.optim.factors.BlockFactorCollector`); ``False``: float32 products.
         distributed: share factors and solved blocks across the ranks of ``torch.distributed``
             (:mod:`.distributed`); ``None`` (default): when a process group of more than one rank is
-            initialized.
+            initialized. A model sharded with FSDP2 (``fully_shard``: DTensor weights) is preconditioned
+            band by band, each rank its own rows (:mod:`.sharded`).
         family: the preconditioner family (:data:`~thor_planner.optim.FAMILIES`): ``"inverse"``
             (THOR's block inverses) or ``"eigen"`` (Adam in the Kronecker eigenbasis); default: the
             plan's ``family``, else ``"inverse"``.
@@ -137,8 +139,7 @@ class THOR(torch.optim.Optimizer):
         self._step = self._next_check = 0
         self._guard = SkipGuard(max_skipped_steps, self._hint)
         self._replay = False
-        self._ranks = RankGroup(self._layers, self._layers[0].weight.device, self.family) \
-            if wanted(distributed) and self._layers else None
+        self._layers, self._ranks = rank_group(self._layers, self.family, distributed, planned=plan is not None)
         self._solver = self._ranks.solver if self._ranks is not None else local_solver(self.family)
         self._collector: BlockFactorCollector | None = None
         self._rebuild_collector()
@@ -185,7 +186,7 @@ class THOR(torch.optim.Optimizer):
             self._collector.remove()
         live = self._live()
         self._collector = BlockFactorCollector(
-            self._model, [self._specs[l.name] for l in live], {l.name: (l.a_part, l.g_part) for l in live},
+            self._model, [self._specs[l.name] for l in live], {l.name: l.capture_parts for l in live},
             dtype=self._dtype, tf32=self.capture_tf32) if live else None
         self._activate()
 
@@ -276,7 +277,8 @@ class THOR(torch.optim.Optimizer):
         filtered = self.graft.adam and not own
         precond = directions(self._layers, self._dtype, group_of, graft=self.graft is not Graft.NONE and not own,
                              kl_clip=self.kl_clip, ok=ok, source=source if filtered else None,
-                             reference=reference if filtered else None) if self._layers else {}
+                             reference=reference if filtered else None,
+                             total=self._ranks.band_total if self._ranks is not None else None) if self._layers else {}
         return precond, reference
 
     def _update_phase(self, precond: dict, reference: dict, ok) -> None:
@@ -348,13 +350,13 @@ class THOR(torch.optim.Optimizer):
             "params": param_shapes(self.param_groups),
             "layers": {l.name: l.state_dict(family.name, family.version) for l in self._layers},
         }
-        return sd
+        return self._ranks.pack_state(sd, self.param_groups, adam=self.graft.adam) if self._ranks is not None else sd
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a :meth:`state_dict` (also one of an older version, or a plain SGD / AdamW state);
         another model's, plan's or family's state is refused. The solved blocks are recomputed from
         the saved ones at the next step."""
-        sd = dict(state_dict)
+        sd = dict(self._ranks.unpack_state(state_dict) if self._ranks is not None else state_dict)
         thor = sd.pop("thor", None)
         check_same_model(self.param_groups, sd, thor, {p: n for n, p in self._model.named_parameters()})
         if thor is not None:

@@ -13,8 +13,10 @@ profile rather than measured. Added since (absent from older plans): ``device["b
 (every block size's backend came from the user cache) and ``device["backend_sizes_measured"]``,
 ``device["accuracy"]["damping"/"shift"]`` (the check's blocks carry ``shift = sqrt(damping)`` on the
 diagonal, as the runtime's), ``device["busy"]`` (other processes' CPU load while timing, see
-:mod:`thor_planner.timing.busy`), and ``crossover.interval``/``spans``/``tie_break`` (see
-:class:`Crossover`).
+:mod:`thor_planner.timing.busy`), ``crossover.interval``/``spans``/``tie_break`` (see
+:class:`Crossover`), and for plans made for FSDP2 (``--fsdp N``) ``rule.fsdp``, ``rule.fsdp_gathered``
+and, on the layers whose G split the shard constraint changed, ``g_split_unconstrained`` and
+``g_loss_unconstrained`` (see :mod:`thor_planner.planning.planner`).
 """
 
 from __future__ import annotations
@@ -111,6 +113,10 @@ class LayerPlan:
     g_loss: float
     omega1: float = 0.01
     omega2: float = 0.001
+    #: planned for FSDP (``rule.fsdp``): the G split the shard constraint replaced, and its loss
+    #: (``None`` where the constraint changed nothing; absent from the file then)
+    g_split_unconstrained: int | None = None
+    g_loss_unconstrained: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in layer_kinds():
@@ -133,12 +139,24 @@ class LayerPlan:
             split = _int(d, f"{which}_split", path, 1)
             if split > dim:
                 _fail(f"{path}.{which}_split", split, f"must be an integer in [1, {which}_dim={dim}]")
+        unconstrained = None
+        if d.get("g_split_unconstrained") is not None:
+            unconstrained = _int(d, "g_split_unconstrained", path, 1)
         return cls(
             name=_str(d, "name", path), kind=kind, a_dim=a_dim, g_dim=g_dim,
             a_split=_int(d, "a_split", path, 1), g_split=_int(d, "g_split", path, 1),
             a_loss=_num(d, "a_loss", path, 0.0, 1.0), g_loss=_num(d, "g_loss", path, 0.0, 1.0),
-            omega1=omega1, omega2=omega2,
+            omega1=omega1, omega2=omega2, g_split_unconstrained=unconstrained,
+            g_loss_unconstrained=_num(d, "g_loss_unconstrained", path, 0.0, 1.0, optional=True),
         )
+
+    def to_dict(self) -> dict:
+        """The layer's JSON object (the FSDP fields only where the constraint changed the split)."""
+        d = asdict(self)
+        for key in ("g_split_unconstrained", "g_loss_unconstrained"):
+            if d[key] is None:
+                del d[key]
+        return d
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -286,7 +304,7 @@ class Plan:
             "created": self.created, "family": self.family, "model": self.model, "device": self.device,
             "capture": self.capture, "rule": self.rule, "candidates": list(self.candidates),
             "curves": self.curves, "crossover": asdict(self.crossover),
-            "schedule": self.schedule.to_dict(), "layers": [asdict(lp) for lp in self.layers],
+            "schedule": self.schedule.to_dict(), "layers": [lp.to_dict() for lp in self.layers],
             "skipped": self.skipped,
         }
 

@@ -40,6 +40,8 @@ def _rule_text(plan: Plan) -> str:
         extra.append(f"interval {r['interval']}")
     if "step_seconds" in r:
         extra.append(f"step {_seconds(float(r['step_seconds']))}")
+    if "fsdp" in r:
+        extra.append(f"G tiles {r['fsdp']} FSDP shards")
     return f"{r.get('name', '?')} ({', '.join(extra)})"
 
 
@@ -57,10 +59,17 @@ def _split_cell(split: int, dim: int) -> str:
     return f'{split}<span class="tag">full</span>' if split >= dim else str(split)
 
 
+def _untiled(lp) -> str:
+    """The G split the FSDP constraint replaced, and its loss (nothing when it changed nothing)."""
+    if lp.g_split_unconstrained is None:
+        return ""
+    return (f'<span class="tag">FSDP; was {lp.g_split_unconstrained}, loss {lp.g_loss_unconstrained:.2%}</span>')
+
+
 def plan_table(plan: Plan) -> str:
     thr = _threshold(plan)
     rows = [[f"<code>{_esc(lp.name)}</code>", _esc(lp.kind), str(lp.a_dim), _split_cell(lp.a_split, lp.a_dim),
-             _loss_cell(lp.a_loss, thr), str(lp.g_dim), _split_cell(lp.g_split, lp.g_dim),
+             _loss_cell(lp.a_loss, thr), str(lp.g_dim), _split_cell(lp.g_split, lp.g_dim) + _untiled(lp),
              _loss_cell(lp.g_loss, thr), f"{lp.omega1:g}", f"{lp.omega2:g}"] for lp in plan.layers]
     return _table(["layer", "kind", "A dim", "A split", "A loss", "G dim", "G split", "G loss", "ω1", "ω2"],
                   rows, "num")
