@@ -1,15 +1,18 @@
-"""Amortized THOR step time against SGD's on this machine (CPU), same model, same batches.
+"""Amortized THOR step time against the first-order optimizer it stands in for, on this machine
+(CPU), same model, same batches.
 
     python bench/step_overhead.py [--threads N] [--repeats R]   # writes its section of bench/RESULTS.md
 
-Cases: the small ``cnn`` on digits batches of 32, and ResNet-18 (10 classes) on synthetic
-3×32×32 batches of 32. THOR runs with the plan ``thor-plan profile`` makes for that model and
-input (crossover rule, a quick profile) and the plan's default schedule; SGD is
-``torch.optim.SGD(momentum=0.9)``. Each run builds a fresh model and optimizer (same seed), takes
+Cases: the small ``cnn`` on digits batches of 32 and ResNet-18 (10 classes) on synthetic 3×32×32
+batches of 32, THOR (inverse family, SGD's drop-in) against ``torch.optim.SGD(momentum=0.9)``; and
+``gpt-tiny`` on windows of the standard library's source (32 × 128 bytes), THOR's eigen family and
+its inverse family grafted to AdamW against ``torch.optim.AdamW``. Each THOR runs with the plan
+``thor-plan profile`` makes for that model, input and family (crossover rule, a quick profile) and
+the plan's default schedule. Each run builds a fresh model and optimizer (same seed), takes
 ``WARMUP`` untimed steps, then times ``N`` steps (zero_grad, forward, loss, backward, step) in one
-block, so the time includes every factor capture and every inverse refresh at the check points
-inside it (amortized = total / N). SGD and THOR runs alternate; the table gives the median over
-the repeats of each and their ratio, all from the same invocation.
+block, so the time includes every factor capture and every refresh at the check points inside it
+(amortized = total / N). The runs of a case alternate; the table gives the median over the repeats
+of each and the ratios, all from the same invocation.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import machine_line, write_json, write_section  # noqa: E402
 
 from thor_planner import THOR  # noqa: E402
-from thor_planner.inputs.data import digits_batches, synthetic_batches  # noqa: E402
+from thor_planner.inputs.data import causal_batches, digits_batches, synthetic_batches  # noqa: E402
 from thor_planner.inputs.models import load_model  # noqa: E402
 from thor_planner.planning.planner import make_plan  # noqa: E402
 from thor_planner.profiling.profiler import ProfileConfig, run_profile  # noqa: E402
@@ -52,23 +55,40 @@ and one pass over the gradients for the NaN check; on the 13.7k-parameter cnn, w
 1.3 ms, a fixed cost of tens of µs per layer for the products, the check points and the NaN check.
 At ResNet-50 / batch 256 / 224×224 the same per-weight work is a far smaller fraction of the step."""
 GOAL_CPU = 1.3
+GOAL_EIGEN = 1.3  # the eigen family's step against AdamW's (gpt-tiny)
 CASES = {
-    # name: (model, num_classes, input_size, data, steps timed)
-    "cnn, digits 1×8×8, batch 32": ("cnn", 10, None, "digits", 200),
-    "ResNet-18, synthetic 3×32×32, batch 32": ("resnet18", 10, 32, "synthetic", 60),
+    # name: (model, num_classes, input_size, data, steps timed, baseline, THOR variants (family, graft))
+    "cnn, digits 1×8×8, batch 32": ("cnn", 10, None, "digits", 200, "sgd", (("inverse", "sgd"),)),
+    "ResNet-18, synthetic 3×32×32, batch 32": ("resnet18", 10, 32, "synthetic", 60, "sgd", (("inverse", "sgd"),)),
+    "gpt-tiny, stdlib 32×128 bytes": ("gpt-tiny", None, None, "stdlib", 60, "adamw",
+                                       (("eigen", "adamw"), ("inverse", "adamw"))),
 }
 
 
-def case_plan(model: str, classes: int, size: int | None, data: str):
+def baseline_optimizer(name: str, model):
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    return torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+
+
+def thor_optimizer(plan, family: str, graft: str):
+    if graft == "sgd":
+        return lambda m: THOR(m, plan, lr=0.01, momentum=0.9, family=family)
+    return lambda m: THOR(m, plan, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, graft=graft, family=family)
+
+
+def case_plan(model: str, classes: int | None, size: int | None, data: str, family: str):
     cfg = ProfileConfig(model=model, num_classes=classes, input_size=size, data=data, batches=2,
-                        batch_size=32, device="cpu", timing=TimingConfig(budget_s=0.1))
+                        batch_size=32, device="cpu", timing=TimingConfig(budget_s=0.1), family=(family,))
     measurements, _ = run_profile(cfg)
     return make_plan(measurements)
 
 
-def case_batches(model: str, classes: int, size: int | None, data: str):
+def case_batches(model: str, classes: int | None, size: int | None, data: str):
     if data == "digits":
         return digits_batches(32, 8, seed=0)
+    if data == "stdlib":
+        return causal_batches("stdlib", 128, 32, 8, seed=0)
     return synthetic_batches((3, size, size), classes, 32, 8, seed=0)
 
 
@@ -80,7 +100,8 @@ def time_run(model_name: str, classes: int, make_opt, batches, steps: int, on_st
     def step(i: int) -> None:
         x, y = batches[i % len(batches)]
         opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
+        logits = model(x)
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).backward()
         opt.step()
 
     for i in range(WARMUP):
@@ -93,17 +114,14 @@ def time_run(model_name: str, classes: int, make_opt, batches, steps: int, on_st
     return (time.perf_counter() - start) / steps
 
 
-#: THOR's step phases: functions of ``thor_planner.optim.thor`` (and one method) timed in place.
-PARTS = {"_finite_flag": "NaN check", "_fold_factors": "fold factors", "check_point": "check points",
-         "directions": "precondition", "sgd_update": "SGD update"}
+#: THOR's step phases (methods of :class:`~thor_planner.optim.THOR`), timed in place.
+PARTS = {"_guard_phase": "NaN check", "_fold_phase": "fold factors", "_refresh_phase": "check points",
+         "_direction_phase": "precondition", "_update_phase": "first-order update"}
 
 
-def breakdown(model_name: str, classes: int, plan, batches, steps: int) -> dict[str, float]:
-    """One more THOR run with THOR's step phases timed (ms per step, amortized over ``steps``)."""
-    import thor_planner.optim.thor as thor_mod
-
+def breakdown(model_name: str, classes: int | None, make_thor, batches, steps: int) -> dict[str, float]:
+    """One more THOR run with its step phases timed (ms per step, amortized over ``steps``)."""
     spent = dict.fromkeys(PARTS, 0.0)
-    saved = {}
 
     def timed(fn, name):
         def wrapper(*args, **kwargs):
@@ -114,22 +132,13 @@ def breakdown(model_name: str, classes: int, plan, batches, steps: int) -> dict[
                 spent[name] += time.perf_counter() - start
         return wrapper
 
-    for name in ("check_point", "directions", "sgd_update"):
-        saved[name] = getattr(thor_mod, name)
-        setattr(thor_mod, name, timed(saved[name], name))
-
     def make(model):
-        opt = THOR(model, plan, lr=0.01, momentum=0.9)
-        for name in ("_finite_flag", "_fold_factors"):
+        opt = make_thor(model)
+        for name in PARTS:
             setattr(opt, name, timed(getattr(opt, name), name))
         return opt
 
-    try:
-        time_run(model_name, classes, make, batches, steps,
-                 on_start=lambda: spent.update(dict.fromkeys(PARTS, 0.0)))
-    finally:
-        for name, fn in saved.items():
-            setattr(thor_mod, name, fn)
+    time_run(model_name, classes, make, batches, steps, on_start=lambda: spent.update(dict.fromkeys(PARTS, 0.0)))
     return {PARTS[k]: v / steps * 1e3 for k, v in spent.items()}
 
 
@@ -142,69 +151,91 @@ def check_points(schedule, steps: int) -> int:
     return count
 
 
+def measure_case(name: str, case: tuple, repeats: int) -> list[dict]:
+    """The case's baseline and every THOR variant, alternating; one row per variant."""
+    model, classes, size, data, steps, base, variants = case
+    batches = case_batches(model, classes, size, data)
+    plans = {family: case_plan(model, classes, size, data, family) for family, _ in variants}
+    makers = {v: thor_optimizer(plans[v[0]], *v) for v in variants}
+    base_t, thor_t = [], {v: [] for v in variants}
+    for _ in range(repeats):
+        base_t.append(time_run(model, classes, lambda m: baseline_optimizer(base, m), batches, steps))
+        for v in variants:
+            thor_t[v].append(time_run(model, classes, makers[v], batches, steps))
+    rows = []
+    for (family, graft), times in thor_t.items():
+        plan = plans[family]
+        rows.append({"case": name, "family": family, "graft": graft, "baseline": base, "plan_split": plan.split_dim,
+                     "splits": sorted({s for lp in plan.layers for s in (lp.a_split, lp.g_split)}), "steps": steps,
+                     "check_points": check_points(plan.schedule, steps), "base_ms": statistics.median(base_t) * 1e3,
+                     "thor_ms": statistics.median(times) * 1e3, "base_runs_ms": [t * 1e3 for t in base_t],
+                     "thor_runs_ms": [t * 1e3 for t in times], "schedule": plan.schedule,
+                     "phases_ms": breakdown(model, classes, makers[(family, graft)], batches, steps)})
+        r = rows[-1]
+        print(f"{name} {family}/{graft}: {base} {r['base_ms']:.2f} ms, THOR {r['thor_ms']:.2f} ms, ratio "
+              f"{r['thor_ms'] / r['base_ms']:.2f}", flush=True)
+    return rows
+
+
+def goal_text(row: dict) -> str:
+    goal = GOAL_EIGEN if row["family"] == "eigen" else (GOAL_CPU if row["graft"] == "sgd" else None)
+    if goal is None:
+        return "–"
+    ratio = row["thor_ms"] / row["base_ms"]
+    return f"≤ {goal}×: " + ("met" if ratio <= goal else f"missed by {(ratio / goal - 1) * 100:.0f}%")
+
+
+def section(rows: list[dict], args) -> str:
+    s = rows[0]["schedule"]
+    lines = [
+        "## THOR step overhead vs the optimizer it stands in for (`bench/step_overhead.py`)", "",
+        f"Machine: {machine_line()}; load average at the end {os.getloadavg()[0]:.2f}. "
+        f"Command: `python bench/step_overhead.py --threads {args.threads} --repeats {args.repeats}`.",
+        f"Amortized step = (zero_grad + forward + loss + backward + step) over N timed steps after {WARMUP} "
+        "warm-up steps, including every factor capture and every refresh at the check points in those steps; "
+        f"median of {args.repeats} alternating runs each. THOR: the plan `thor-plan profile --family F` makes for "
+        f"the model (quick profile, crossover rule) with its default schedule (factors every {s.factor_every} "
+        f"step(s), decay {s.factor_decay}; check points every {s.interval_initial} steps, ×{s.interval_growth:g} "
+        f"every {s.interval_grow_every}; ω1 = {s.omega1}, ω2 = {s.omega2}).", "",
+        "| case | THOR family / graft | plan split (per-factor splits) | N | check points | baseline ms/step | "
+        "THOR ms/step | THOR / baseline | goal |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['case']} | {r['family']} / {r['graft']} | {r['plan_split']} "
+                     f"({', '.join(map(str, r['splits']))}) | {r['steps']} | {r['check_points']} | "
+                     f"{r['baseline']} {r['base_ms']:.2f} | {r['thor_ms']:.2f} | {r['thor_ms'] / r['base_ms']:.2f}× | "
+                     f"{goal_text(r)} |")
+    lines += ["", "Where THOR's extra time goes (its step phases timed in one more run, ms per timed step; factor "
+              "capture runs in the forward/backward hooks, so it is in the remainder, THOR − baseline − phases + "
+              "the baseline's own update):", "",
+              "| case | family | " + " | ".join(PARTS.values()) + " | capture hooks + rest |",
+              "|---|---|" + "---:|" * (len(PARTS) + 1)]
+    for r in rows:
+        parts = r["phases_ms"]
+        rest = r["thor_ms"] - r["base_ms"] - sum(v for k, v in parts.items() if k != "first-order update")
+        lines.append(f"| {r['case']} | {r['family']} | " + " | ".join(f"{v:.2f}" for v in parts.values())
+                     + f" | {rest:.2f} |")
+    return "\n".join(lines + ["", HISTORY, "", "GPU goal (ResNet-50, batch 256, ≤ 1.05×): measured by the GPU "
+                               "suite (`bench/gpu_suite.sh`), not here (no GPU on this machine)."])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: see the notes)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cases", type=lambda t: t.split(","), default=None, help="model names (cnn,resnet18,gpt-tiny)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = []
-    for name, (model, classes, size, data, steps) in CASES.items():
-        plan = case_plan(model, classes, size, data)
-        batches = case_batches(model, classes, size, data)
-        sgd_t, thor_t = [], []
-        for _ in range(args.repeats):
-            sgd_t.append(time_run(model, classes, lambda m: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9),
-                                  batches, steps))
-            thor_t.append(time_run(model, classes, lambda m: THOR(m, plan, lr=0.01, momentum=0.9), batches, steps))
-        sgd, thor = statistics.median(sgd_t), statistics.median(thor_t)
-        splits = sorted({s for lp in plan.layers for s in (lp.a_split, lp.g_split)})
-        parts = breakdown(model, classes, plan, batches, steps)
-        rows.append((name, plan, splits, steps, check_points(plan.schedule, steps), sgd, thor, sgd_t, thor_t, parts))
-        print(f"{name}: sgd {sgd * 1e3:.2f} ms, thor {thor * 1e3:.2f} ms, ratio {thor / sgd:.2f}", flush=True)
-    s = rows[0][1].schedule
-    lines = [
-        "## THOR step overhead vs SGD (`bench/step_overhead.py`)",
-        "",
-        f"Machine: {machine_line()}; load average at the end {os.getloadavg()[0]:.2f}. "
-        f"Command: `python bench/step_overhead.py --threads {args.threads} --repeats {args.repeats}`.",
-        f"Amortized step = (zero_grad + forward + loss + backward + step) over N timed steps after {WARMUP} "
-        "warm-up steps, including every factor capture and every inverse refresh at the check points in "
-        f"those steps; median of {args.repeats} alternating runs each. THOR: the plan `thor-plan profile` makes "
-        f"for the model (quick profile, crossover rule) with its default schedule (factors every "
-        f"{s.factor_every} step(s), decay {s.factor_decay}; check points every {s.interval_initial} steps, "
-        f"×{s.interval_growth:g} every {s.interval_grow_every}; ω1 = {s.omega1}, ω2 = {s.omega2}).",
-        "",
-        "| case | plan split (per-factor splits) | N | check points | SGD ms/step | THOR ms/step | THOR / SGD | goal |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
-    ]
-    for name, plan, splits, steps, checks, sgd, thor, *_ in rows:
-        ok = "met" if thor / sgd <= GOAL_CPU else f"missed by {(thor / sgd / GOAL_CPU - 1) * 100:.0f}%"
-        lines.append(f"| {name} | {plan.split_dim} ({', '.join(map(str, splits))}) | {steps} | {checks} | "
-                     f"{sgd * 1e3:.2f} | {thor * 1e3:.2f} | {thor / sgd:.2f}× | ≤ {GOAL_CPU}×: {ok} |")
-    lines += ["", "Per-run ms/step (SGD; THOR): " + "; ".join(
-        f"{name.split(',')[0]}: " + ", ".join(f"{a * 1e3:.1f}" for a in st) + "; " + ", ".join(f"{b * 1e3:.1f}" for b in tt)
-        for name, _, _, _, _, _, _, st, tt, _ in rows) + ".",
-        "", "Where THOR's extra time goes (phases of `THOR.step` timed in one more run, ms per timed step; "
-        "factor capture runs in the forward/backward hooks, so it is in the remainder, THOR − SGD − phases):",
-        "", "| case | " + " | ".join(PARTS.values()) + " | capture hooks + rest |", "|---|" + "---:|" * (len(PARTS) + 1)]
-    for name, *_, sgd, thor, _, _, parts in rows:
-        rest = (thor - sgd) * 1e3 - sum(v for k, v in parts.items() if k != "SGD update")  # SGD has an update too
-        lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in parts.values()) + f" | {rest:.2f} |")
-    lines += ["", HISTORY, "", "GPU goal (ResNet-50, batch 256, ≤ 1.05×): not measured here (no GPU on this machine)."]
-    body = "\n".join(lines)
+    rows = [r for name, case in CASES.items() if args.cases is None or case[0] in args.cases
+            for r in measure_case(name, case, args.repeats)]
+    body = section(rows, args)
     if args.no_write:
         print(body)
-    else:
-        write_section("step_overhead", body)
-        write_json("step_overhead", {
-            "machine": machine_line(), "command": " ".join(sys.argv), "threads": args.threads, "goal_cpu": GOAL_CPU,
-            "cases": {name: {"plan_split": plan.split_dim, "steps": steps, "check_points": checks,
-                             "sgd_ms": sgd * 1e3, "thor_ms": thor * 1e3, "ratio": thor / sgd,
-                             "sgd_runs_ms": [t * 1e3 for t in st], "thor_runs_ms": [t * 1e3 for t in tt],
-                             "phases_ms": parts}
-                      for name, plan, _, steps, checks, sgd, thor, st, tt, parts in rows}})
+        return
+    write_section("step_overhead", body)
+    write_json("step_overhead", {"machine": machine_line(), "command": " ".join(sys.argv), "threads": args.threads,
+                                 "goals": {"inverse_vs_sgd": GOAL_CPU, "eigen_vs_adamw": GOAL_EIGEN},
+                                 "rows": [{k: v for k, v in r.items() if k != "schedule"} for r in rows]})
 
 
 if __name__ == "__main__":

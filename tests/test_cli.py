@@ -55,7 +55,7 @@ def test_profile_end_to_end(profiled_run) -> None:
     assert plan.device["type"] == "cpu"
     assert plan.capture["batches"] == 2 and plan.capture["batch_size"] == 16
     assert plan.capture["fisher"] == "sampled" and plan.capture["data"] == "synthetic"
-    assert plan.rule["name"] == "crossover" and plan.rule["loss_threshold"] == 0.01
+    assert plan.rule["name"] == "auto" and plan.rule["loss_threshold"] == 0.01
     assert plan.candidates == [1, 16, 32, 64, 128]  # 1, then powers of two up to the largest dim (145)
     assert [lp.name for lp in plan.layers] == ["conv1", "conv2", "fc1", "fc2"]
     assert plan.skipped == []
@@ -83,7 +83,7 @@ def test_show_prints_the_plan(profiled_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert out.startswith("cnn (13,706 parameters) on cpu · ")
-    assert "data: synthetic, 2×16 samples, Fisher sampled · rule crossover, loss threshold 0.01\n" in out
+    assert "data: synthetic, 2×16 samples, Fisher sampled · rule auto, loss threshold 0.01\n" in out
     assert re.search(rf"^Global split {plan.split_dim} \(crossover at b≈\d+(, interval b≈\d+–\d+)?\) for 4 layers$",
                      out, re.M), out
     assert re.search(r"^layer +kind +A dim +A split +A loss +G dim +G split +G loss$", out, re.M), out
@@ -439,7 +439,7 @@ def test_version() -> None:
 
 @pytest.mark.parametrize("args,message", [
     (["profile", "--rule", "bogus"],
-     "Error: Invalid value for '--rule': Value error, 'bogus' is not one of 'crossover', 'budget'. "
+     "Error: Invalid value for '--rule': Value error, 'bogus' is not one of 'crossover', 'budget', 'auto'. "
      "(see 'thor-plan profile --help')"),
     (["show"], "Error: Missing argument 'PLAN'. (see 'thor-plan show --help')"),
 ])

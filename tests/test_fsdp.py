@@ -264,7 +264,9 @@ def test_the_plan_tiles_g_for_fsdp_and_records_what_it_cost() -> None:
     from thor_planner.planning.planner import RuleConfig
     from thor_planner.planning.planner import make_plan as plan_from
 
-    free, sharded = plan_from(small_measurements()), plan_from(small_measurements(), RuleConfig(fsdp=2))
+    crossover = RuleConfig(name="crossover")
+    free, sharded = plan_from(small_measurements(), crossover), plan_from(small_measurements(),
+                                                                         RuleConfig(name="crossover", fsdp=2))
     assert {lp.name: lp.g_split for lp in free.layers} == {"conv1": 16, "conv2": 16, "fc1": 16, "fc2": 10}
     changed = {lp.name: (lp.g_split, lp.g_loss, lp.g_split_unconstrained, lp.g_loss_unconstrained)
                for lp in sharded.layers}

@@ -59,7 +59,7 @@ def small_measurements() -> Measurements:
 
 @pytest.fixture(scope="module")
 def plan() -> Plan:
-    return make_plan(small_measurements())
+    return make_plan(small_measurements(), RuleConfig(name="crossover"))
 
 
 def splits(p: Plan) -> dict[str, tuple[int, int]]:
@@ -67,6 +67,17 @@ def splits(p: Plan) -> dict[str, tuple[int, int]]:
 
 
 # ------------------------------------------------------------------------------------ make_plan
+
+
+def test_auto_takes_the_budget_rule_when_the_crossover_is_degenerate(plan: Plan) -> None:
+    auto = make_plan(small_measurements())
+    assert auto.rule["name"] == "auto" and auto.rule["chose"] == "budget"
+    assert auto.rule["because"] == plan.crossover.warning.split(":")[0]
+    budget = make_plan(small_measurements(), RuleConfig(name="budget"))
+    assert auto.split_dim == budget.split_dim and auto.crossover.x == plan.crossover.x
+    no_step = small_measurements()
+    no_step.meta["step_seconds"] = None  # a crossing with a warning but no timed step: auto keeps the crossing
+    assert make_plan(no_step).split_dim == plan.split_dim
 
 
 def test_make_plan_crossover(plan: Plan) -> None:

@@ -253,6 +253,7 @@ def test_show_states_the_interval_tie_break_and_busy_machine(profiled_dir: Path,
                           tie_break="the interval b≈90–131 spans candidates 64, 128: 128 holds the largest share "
                                     "of it (76%)")
     d["device"]["busy"] = {"busy": True, "warning": "Other processes used up to 1.9 CPU cores while timing"}
+    d["rule"] = {"name": "crossover", "loss_threshold": 0.01}
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(d))
     result = invoke("show", path)

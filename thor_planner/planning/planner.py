@@ -36,15 +36,21 @@ from thor_planner.planning.plan import Crossover, LayerPlan, Plan, Schedule
 
 
 class Rule(str, Enum):
+    """``crossover``: THOR's rule, where the curves meet; ``budget``: the largest split whose refresh,
+    amortized over ``interval`` steps, stays under ``overhead`` × one training step; ``auto``: the
+    crossover, unless it is degenerate or missing (on CPUs, where small blocks invert almost for free)
+    and a training step was measured, then the budget rule."""
+
     crossover = "crossover"
     budget = "budget"
+    auto = "auto"
 
 
 @dataclass(frozen=True, kw_only=True)
 class RuleConfig:
     """The rule that picks the global split, and its parameters."""
 
-    name: Rule = Rule.crossover
+    name: Rule = Rule.auto
     loss_threshold: float = 0.01
     overhead: float = 0.05
     interval: int = 100
@@ -147,6 +153,18 @@ def _rule_info(rule: RuleConfig, layers: list[LayerPlan]) -> dict:
     return info
 
 
+def _chosen_rule(rule: RuleConfig, crossing, m: Measurements) -> Rule:
+    """The rule that picks the split: ``auto`` resolved (budget when the crossing came with a
+    warning and a step was timed); the budget rule refused without a measured step."""
+    measured = m.meta.get("step_seconds") is not None
+    if rule.name is Rule.auto:
+        return Rule.budget if crossing.warning is not None and measured else Rule.crossover
+    if rule.name is Rule.budget and not measured:
+        raise UserError("The budget rule needs a training step timed on the target device; timings "
+                        "predicted from a device profile have none: use --rule crossover")
+    return rule.name
+
+
 def make_plan(m: Measurements, rule: RuleConfig = RuleConfig(), schedule: Schedule = Schedule()) -> Plan:
     """Apply ``rule`` to the measurements and write every layer's splits."""
     cands, seconds = m.candidates, m.seconds
@@ -157,16 +175,16 @@ def make_plan(m: Measurements, rule: RuleConfig = RuleConfig(), schedule: Schedu
     advice = MEASURED if m.meta.get("step_seconds") is not None else PREDICTED  # only what the run accepts
     crossing = crossover_with_spread(cands, frac, perf, [float(v) * f for v, f in zip(m.timings["min_s"], shares)],
                                      [float(v) * f for v, f in zip(m.timings["max_s"], shares)], advice)
+    chosen = _chosen_rule(rule, crossing, m)
     budget_info = {}
-    if rule.name is Rule.crossover:
+    if chosen is Rule.crossover:
         choice = crossing
     else:
-        if m.meta.get("step_seconds") is None:
-            raise UserError("The budget rule needs a training step timed on the target device; timings "
-                            "predicted from a device profile have none: use --rule crossover")
         step = float(m.meta["step_seconds"])
         choice = budget(cands, per_rank, step_seconds=step, overhead=rule.overhead, interval=rule.interval)
         budget_info = {"overhead": rule.overhead, "interval": rule.interval, "step_seconds": step}
+        if rule.name is Rule.auto:
+            budget_info.update(chose="budget", because=crossing.warning.split(":")[0])
     layers = _layer_plans(m, cands, choice.split_dim, rule, schedule)
     per_rank_curve = {"inversion_seconds_per_rank": per_rank} if rule.world_size > 1 or rule.fsdp > 1 else {}
     return Plan(
@@ -178,6 +196,6 @@ def make_plan(m: Measurements, rule: RuleConfig = RuleConfig(), schedule: Schedu
         crossover=Crossover(x=crossing.x, y=crossing.y, split_dim=choice.split_dim, warning=choice.warning,
                             interval=list(crossing.interval) if crossing.interval else None,
                             spans=list(crossing.spans) if crossing.interval else None,
-                            tie_break=crossing.tie_break if rule.name is Rule.crossover else None),
+                            tie_break=crossing.tie_break if chosen is Rule.crossover else None),
         schedule=schedule, layers=layers, skipped=list(m.meta.get("skipped", [])), family=m.family,
     )

@@ -42,7 +42,10 @@ def _rule_text(plan: Plan) -> str:
         extra.append(f"step {_seconds(float(r['step_seconds']))}")
     if "fsdp" in r:
         extra.append(f"G tiles {r['fsdp']} FSDP shards")
-    return f"{r.get('name', '?')} ({', '.join(extra)})"
+    name = r.get("name", "?")
+    if name == "auto":
+        name = f"auto → {r.get('chose', 'crossover')}"
+    return f"{name} ({', '.join(extra)})"
 
 
 def _table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
