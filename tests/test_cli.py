@@ -84,7 +84,8 @@ def test_show_prints_the_plan(profiled_dir: Path) -> None:
     out = result.stdout
     assert out.startswith("cnn (13,706 parameters) on cpu · ")
     assert "data: synthetic, 2×16 samples, Fisher sampled · rule auto, loss threshold 0.01\n" in out
-    assert re.search(rf"^Global split {plan.split_dim} \(crossover at b≈\d+(, interval b≈\d+–\d+)?\) for 4 layers$",
+    assert re.search(rf"^Global split {plan.split_dim} \((rule auto: budget; )?crossover at b≈\d+(, interval b≈\d+–\d+)?\) "
+                     "for 4 layers$",
                      out, re.M), out
     assert re.search(r"^layer +kind +A dim +A split +A loss +G dim +G split +G loss$", out, re.M), out
     for lp in plan.layers:  # piped: a plain table, one whole line per layer

@@ -118,7 +118,7 @@ def test_make_plan_budget() -> None:
 
 def test_make_plan_same_after_measurements_round_trip(tmp_path: Path, plan: Plan) -> None:
     small_measurements().save(tmp_path)
-    again = make_plan(Measurements.load(tmp_path))
+    again = make_plan(Measurements.load(tmp_path), RuleConfig(name="crossover"))
     assert splits(again) == splits(plan) and again.split_dim == plan.split_dim
     assert again.curves["loss_fraction"] == plan.curves["loss_fraction"]
 
