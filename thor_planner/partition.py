@@ -7,10 +7,16 @@ A factor of dimension ``d`` split at ``b`` keeps the diagonal blocks of size ``s
 The information-loss computation, the timing and the THOR runtime all call :func:`partition`,
 :func:`extract_blocks` and :func:`group_by_size`, so the planner measures exactly the blocks that
 training inverts.
+
+A tensor cut along several dimensions (a parameter blocked as Distributed Shampoo blocks it,
+``torch.split`` along every dimension: full chunks first, the remainder last, exactly
+:func:`partition`'s sizes) is :func:`tensor_blocks`.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -149,3 +155,31 @@ def matmul_right(x: torch.Tensor, blocks: list[torch.Tensor], part: Partition) -
 def matmul_left(blocks: list[torch.Tensor], x: torch.Tensor, part: Partition) -> torch.Tensor:
     """``blockdiag(blocks) @ x`` for ``x`` of shape ``(dim, cols)``."""
     return matmul_right(x.T, [b.transpose(-1, -2) for b in blocks], part).T
+
+
+def tensor_blocks(x: torch.Tensor, parts: Sequence[Partition], lead: int = 0) -> list[torch.Tensor]:
+    """The blocks of ``x`` cut along each of its dimensions after the first ``lead`` ones.
+
+    Dimension ``lead + d`` is cut by ``parts[d]`` (full chunks of ``parts[d].block``, then the
+    remainder). The blocks come as stacks of equally shaped blocks, one stack per *region* (a choice
+    of the full chunks or the remainder along every dimension): each stack is
+    ``(count, *x.shape[:lead], *block_shape)``, its blocks in C order over the chunk indices. Every
+    element of ``x`` lies in exactly one block. One strided view and one copy per region.
+    """
+    if x.dim() != lead + len(parts) or any(x.shape[lead + d] != p.dim for d, p in enumerate(parts)):
+        raise ValueError(f"tensor of shape {tuple(x.shape)} does not match the partitions "
+                         f"{[p.dim for p in parts]} after {lead} leading dimensions")
+    pieces = [[(0, p.num_full, p.block)] + ([(p.num_full * p.block, 1, p.remainder)] if p.remainder else [])
+              for p in parts]
+    stacks = []
+    for region in itertools.product(*pieces):
+        view = x
+        for d, (start, count, size) in enumerate(region):
+            view = view.narrow(lead + d, start, count * size)
+        shape = list(x.shape[:lead]) + [n for _, count, size in region for n in (count, size)]
+        view = view.reshape(shape)
+        k = len(parts)
+        order = [lead + 2 * d for d in range(k)] + list(range(lead)) + [lead + 2 * d + 1 for d in range(k)]
+        blocks = view.permute(order).reshape(-1, *x.shape[:lead], *[size for _, _, size in region])
+        stacks.append(blocks)
+    return stacks
