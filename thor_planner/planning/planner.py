@@ -66,7 +66,12 @@ def per_rank_shares(m: Measurements, world_size: int) -> list[float]:
 
 
 def make_plan(m: Measurements, rule: RuleConfig = RuleConfig(), schedule: Schedule = Schedule()) -> Plan:
-    """Apply ``rule`` to the measurements and write every layer's splits."""
+    """Apply ``rule`` to the measurements and write every layer's splits (for measurements made for
+    a peer optimizer: its block size and refresh interval, :func:`.peers.make_peer_plan`)."""
+    if m.optimizer != "thor":
+        from thor_planner.planning.peers import make_peer_plan
+
+        return make_peer_plan(m, rule)
     cands, seconds = m.candidates, m.seconds
     shares = per_rank_shares(m, rule.world_size)
     per_rank = [s * f for s, f in zip(seconds, shares)]
