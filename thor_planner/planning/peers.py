@@ -56,8 +56,9 @@ def crossing_warning(crossing, candidates: list[int]) -> str | None:
         return (f"The curves do not cross: refreshing smaller blocks is not cheap enough to meet the loss curve "
                 f"(one matrix at a time, small blocks are many calls), so the block size is the largest candidate, "
                 f"{candidates[-1]}. {advice}")
-    return (f"Degenerate crossover at b≈{crossing.x:.0f} (loss fraction {crossing.y:.0%}): the refresh grows so fast "
-            f"with the block size that the crossover keeps almost no information. {advice}")
+    return (f"Degenerate crossover at b≈{crossing.x:.0f} (loss fraction {crossing.y:.0%}): the refresh performance "
+            f"falls below the loss fraction within the smallest block sizes, so the crossing rests on their timings "
+            f"alone. {advice}")
 
 
 def check_peer_rule(rule, target: PlanTarget) -> None:
