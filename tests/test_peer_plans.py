@@ -288,3 +288,44 @@ def test_soap_runs_with_the_plan(peer_runs) -> None:
     with torch.compiler.set_stance("force_eager"):  # inductor's CPU compile takes minutes; eager is the same step
         losses = twenty_steps(model, opt)
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+
+
+# ------------------------------------------------------------------------------ the rules
+
+
+def measured(seconds: list[float]) -> Measurements:
+    """Measurements made for Shampoo on four 256×256 parameters whose losses are written here."""
+    import pandas as pd
+
+    cands = [64, 128, 256, 512]
+    losses = pd.DataFrame([{"parameter": f"p{i}", "shape": "256x256",
+                            **{str(b): (0.0 if b >= edge else 0.5) for b in cands}}
+                           for i, edge in enumerate([128, 256, 512, 1024])])
+    timings = pd.DataFrame([{"candidate": b, "median_s": s, "min_s": s, "max_s": s, "repeats": 3, "blocks": "",
+                             "gflop": 0.0, "predicted": False} for b, s in zip(cands, seconds)])
+    meta = {"optimizer": "shampoo", "model": {"name": "m"}, "device": {"type": "cpu"}, "capture": {"data": "x"},
+            "step_seconds": 0.1}
+    return Measurements(losses=losses, timings=timings, meta=meta)
+
+
+def test_block_size_and_interval_rules() -> None:
+    from thor_planner.planning.planner import Rule, RuleConfig, make_plan
+
+    m = measured([0.1, 0.12, 0.4, 1.6])
+    plan = make_plan(m, RuleConfig())
+    # loss fraction 0, 1/4, 1/2, 3/4 rises; p_64/p_b = 1, 0.833, 0.25, 0.0625 falls: they cross between 128
+    # and 256 at 128 + 128 · (0.5833 / 0.8333) ≈ 217.6, nearest candidate 256
+    assert plan.curves["loss_fraction"] == [0.0, 0.25, 0.5, 0.75]
+    assert plan.crossover.x == pytest.approx(128 + 128 * 0.7) and plan.block_size == 256
+    assert plan.refresh_interval == 80  # 0.4 s within 5% of a 0.1 s step: every 80 steps
+    assert plan.crossover.warning is None
+    assert [p.loss for p in plan.parameters] == [0.0, 0.0, 0.5, 0.5]
+    assert plan.parameters[0].blocks == "256×256"
+    budget = make_plan(m, RuleConfig(name=Rule.budget, interval=100))  # 0.5 s a refresh: up to 256
+    assert (budget.block_size, budget.refresh_interval) == (256, 80)
+    tight = make_plan(m, RuleConfig(name=Rule.budget, interval=10))  # 0.05 s: none fits
+    assert (tight.block_size, tight.refresh_interval) == (64, 20)
+    assert tight.crossover.warning.startswith("No candidate fits the budget: even b=64 takes 0.1 s per refresh")
+    flat = make_plan(measured([0.1, 0.1, 0.1, 0.1]), RuleConfig())
+    assert flat.block_size == 512 and flat.crossover.warning.startswith(
+        "The curves do not cross: refreshing smaller blocks is not cheap enough to meet the loss curve")
