@@ -3,7 +3,6 @@ steps to the target, against the baseline's, and the goals met or missed."""
 
 from __future__ import annotations
 
-import math
 
 #: (optimizer, workload, reference, at most this fraction of the reference's time, "and before …")
 GOALS = (

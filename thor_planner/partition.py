@@ -14,10 +14,16 @@ each, the last ranks fewer or none (:func:`shard_rows`). A G split *tiles* the s
 crosses a band boundary (:func:`crossed_rows`): each rank then holds whole blocks of its own rows.
 :func:`tiling_split` is the constraint, the planner's (``thor-plan profile --fsdp N``) and the
 runtime's (``THOR(split=...)`` on a sharded model) alike.
+
+A tensor cut along several dimensions (a parameter blocked as Distributed Shampoo blocks it,
+``torch.split`` along every dimension: full chunks first, the remainder last, exactly
+:func:`partition`'s sizes) is :func:`tensor_blocks`.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -190,3 +196,31 @@ def tiling_split(dim: int, shards: int, split: int, allowed=None) -> int | None:
     choices = sorted({int(b) for b in allowed if b <= split}, reverse=True) if allowed is not None \
         else [split, *range(min(split, dim), 0, -1)]
     return next((b for b in choices if not crossed_rows(partition(dim, b), bands)), None)
+
+
+def tensor_blocks(x: torch.Tensor, parts: Sequence[Partition], lead: int = 0) -> list[torch.Tensor]:
+    """The blocks of ``x`` cut along each of its dimensions after the first ``lead`` ones.
+
+    Dimension ``lead + d`` is cut by ``parts[d]`` (full chunks of ``parts[d].block``, then the
+    remainder). The blocks come as stacks of equally shaped blocks, one stack per *region* (a choice
+    of the full chunks or the remainder along every dimension): each stack is
+    ``(count, *x.shape[:lead], *block_shape)``, its blocks in C order over the chunk indices. Every
+    element of ``x`` lies in exactly one block. One strided view and one copy per region.
+    """
+    if x.dim() != lead + len(parts) or any(x.shape[lead + d] != p.dim for d, p in enumerate(parts)):
+        raise ValueError(f"tensor of shape {tuple(x.shape)} does not match the partitions "
+                         f"{[p.dim for p in parts]} after {lead} leading dimensions")
+    pieces = [[(0, p.num_full, p.block)] + ([(p.num_full * p.block, 1, p.remainder)] if p.remainder else [])
+              for p in parts]
+    stacks = []
+    for region in itertools.product(*pieces):
+        view = x
+        for d, (start, count, size) in enumerate(region):
+            view = view.narrow(lead + d, start, count * size)
+        shape = list(x.shape[:lead]) + [n for _, count, size in region for n in (count, size)]
+        view = view.reshape(shape)
+        k = len(parts)
+        order = [lead + 2 * d for d in range(k)] + list(range(lead)) + [lead + 2 * d + 1 for d in range(k)]
+        blocks = view.permute(order).reshape(-1, *x.shape[:lead], *[size for _, _, size in region])
+        stacks.append(blocks)
+    return stacks

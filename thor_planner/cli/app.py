@@ -20,6 +20,7 @@ from thor_planner.planning.measurements import Measurements
 from thor_planner.profiling.outputs import check_writable, write_profile, write_plan_and_report
 from thor_planner.planning.plan import Plan
 from thor_planner.planning.planner import Rule, RuleConfig, make_plan
+from thor_planner.targets import TARGETS
 
 from .console import (RUNS, BarProgress, console, err_console, first_missing, path_value, print_table,
                       terminate_as_interrupt, user_errors)
@@ -43,6 +44,10 @@ class DeviceChoice(str, Enum):
 class FisherChoice(str, Enum):
     sampled = "sampled"
     empirical = "empirical"
+
+
+#: ``--for``: every plan target of the registry
+TargetChoice = Enum("TargetChoice", {name: name for name in TARGETS}, type=str)
 
 
 def _version(value: bool) -> None:
@@ -85,7 +90,14 @@ def _parse_candidates(text: str | None) -> tuple[int, ...] | None:
         raise UserError(f"Invalid --candidates={text!r}: give comma-separated integers, e.g. 1,16,64,256") from None
 
 
-def _summarise(plan: Plan, out: Path | None = None) -> None:
+def _summarise(plan: Plan, out: Path | None = None, plan_path: Path | None = None) -> None:
+    if plan.for_peer:
+        from .peers import summarise_peer
+
+        summarise_peer(plan, plan_path or out)
+        if out is not None:
+            console.print(escape(f"Wrote {out}"))
+        return
     co = plan.crossover
     crossing = f"crossover at b≈{co.x:.0f}" if co.x is not None else "the curves do not cross"
     if co.interval is not None and co.x is not None and f"{co.interval[0]:.0f}" != f"{co.interval[1]:.0f}":
@@ -166,15 +178,16 @@ def profile(
     weights: Path = typer.Option(None, "--weights", parser=path_value, metavar="FILE", help="State dict to load (torch.load with weights_only=True)."),
     num_classes: int = typer.Option(None, "--num-classes", help="Classes of the model's head (built-ins and factories that take num_classes)."),
     data: str = typer.Option("synthetic", "--data", help="'synthetic' (default; random tokens for token models), 'digits', 'text' or 'tokens' (masked LMs), 'stdlib' or 'tokens' (causal LMs: the standard library's source, next-byte labels), 'pkg.module:factory' yielding (inputs, labels), or an image folder."),
-    batches: int = typer.Option(2, "--batches", help="Batches to capture factors on."),
+    for_: TargetChoice = typer.Option("thor", "--for", help=f"The optimizer to plan for: {', '.join(TARGETS)} (thor: per-layer splits of THOR's factors; shampoo, soap: Distributed Shampoo's max_preconditioner_dim or SOAP's max_precond_dim and their precondition_frequency)."),
+    batches: int = typer.Option(None, "--batches", help="Batches to capture statistics on (default 2; 8 for --for shampoo/soap, whose statistics are per batch)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Samples per batch."),
     input_size: int = typer.Option(None, "--input-size", help="Image side for synthetic data (default: the model's, 224 for ResNets); sequence length for token models (default: the model's, 128 for bert-* and gpt-tiny)."),
     seed: int = typer.Option(0, "--seed", help="Seed for data, Fisher label sampling and timing inputs."),
-    fisher: FisherChoice = typer.Option(FisherChoice.sampled, "--fisher", help="Labels for G: sampled from the model's output (true Fisher) or the batch labels (empirical)."),
+    fisher: FisherChoice = typer.Option(None, "--fisher", help="Labels for G: sampled from the model's output (true Fisher; default) or the batch labels (empirical). Shampoo and SOAP plans use the batch labels."),
     skip: str = typer.Option(None, "--skip", help="Regex of layer names to leave to SGD."),
     device: DeviceChoice = typer.Option(DeviceChoice.auto, "--device", help="Where to capture and time."),
     candidates: str = typer.Option(None, "--candidates", help="Comma-separated splits to evaluate (default: 1 and powers of two from 16)."),
-    max_split: int = typer.Option(2048, "--max-split", help="Largest default candidate."),
+    max_split: int = typer.Option(None, "--max-split", help="Largest default candidate (default 2048; 8192 for --for shampoo/soap)."),
     backend: str = typer.Option(None, "--backend", help=f"Inversion backend: auto (fastest accurate per block size; the default on CUDA) or one of {', '.join(sorted(BACKENDS))} (default on CPU: {DEFAULT_BACKEND})."),
     device_profile: Path = typer.Option(None, "--device-profile", parser=path_value, metavar="FILE", help="Plan offline: predict inversion times from this file (written by 'thor-plan device-profile' on the target device) instead of timing here."),
     time_budget: float = typer.Option(1.0, "--time-budget", help="Seconds of repeats per candidate after warm-up."),
@@ -189,7 +202,9 @@ def profile(
     refresh_backends: bool = typer.Option(False, "--refresh-backends", help="Check (and for auto, time) the backends again instead of reusing this device's cached choice."),
     family: str = typer.Option("inverse", "--family", help="The preconditioner family to plan for, whose refresh is timed: inverse (THOR's block inverses) or eigen (Adam in the Kronecker eigenbasis: an eigendecomposition per block). A comma list times the others too, for the report (e.g. eigen,inverse)."),
 ) -> None:
-    """Measure a model on this machine and write plan.json, report.html, losses.csv, timings.csv."""
+    """Measure a model on this machine and write plan.json, report.html, losses.csv, timings.csv
+    (for THOR by default; --for shampoo or soap plans Distributed Shampoo's or SOAP's block size and
+    refresh interval)."""
     from thor_planner.timing.device_profile import device_slug
     from thor_planner.profiling.profiler import ProfileConfig, run_profile
     from thor_planner.timing.device import resolve_device
@@ -202,15 +217,24 @@ def profile(
             raise UserError(f"Invalid --time-budget={time_budget:g}: must be > 0 seconds")
         cfg = ProfileConfig(
             model=model, weights=str(weights) if weights else None, num_classes=num_classes, data=data,
-            batches=batches, batch_size=batch_size, input_size=input_size, seed=seed, fisher=fisher.value,
+            batches=batches, batch_size=batch_size, input_size=input_size, seed=seed,
+            fisher=fisher.value if fisher is not None else None, target=for_.value,
             skip=skip, device=device.value, candidates=_parse_candidates(candidates), max_split=max_split,
             backend=backend, device_profile=str(device_profile) if device_profile else None,
             timing=TimingConfig(budget_s=time_budget), refresh_backends=refresh_backends,
             family=tuple(f.strip() for f in family.split(",") if f.strip()),
         )
+        if TARGETS[cfg.target].peer:
+            from thor_planner.planning.peers import check_peer_rule
+
+            check_peer_rule(rule_cfg, TARGETS[cfg.target])
+        if save_factors and TARGETS[cfg.target].peer:
+            raise UserError(f"Invalid --save-factors for --for {cfg.target}: it saves THOR's Kronecker factors; "
+                            "drop it")
         dev = resolve_device(cfg.device)
         where = device_slug(target.device) if target is not None else dev.type
-        folder = out or RUNS / f"{model.replace(':', '-').replace('/', '-')}-{where}"
+        planned_for = "" if cfg.target == "thor" else f"-{cfg.target}"
+        folder = out or RUNS / f"{model.replace(':', '-').replace('/', '-')}{planned_for}-{where}"
         created = first_missing(folder)
         bars = BarProgress()
         try:
@@ -226,7 +250,7 @@ def profile(
         total = sum(bars.seconds.values())
         console.print(f"Measured in {total:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in bars.seconds.items())
                       + ")" if err_console.is_terminal else f"Measured in {total:.1f} s")
-        _summarise(plan)
+        _summarise(plan, plan_path=folder / "plan.json")
         console.print(escape(f"Wrote {folder}/plan.json, report.html, losses.csv, timings.csv"
                              + (", factors.pt" if save_factors else "")))
 
@@ -278,6 +302,11 @@ def show(plan_path: Path = typer.Argument(..., metavar="PLAN", parser=path_value
     """Print a plan's provenance, rule, global split and per-layer splits."""
     with user_errors():
         plan = Plan.load(plan_path)
+    if plan.for_peer:
+        from .peers import show_peer
+
+        show_peer(plan, plan_path)
+        return
     cap, params = plan.capture, plan.model.get("num_params")
     params = f"{params:,}" if isinstance(params, int) else "?"
     console.print(f"[bold]{escape(str(plan.model.get('name')))}[/] ({params} parameters) "

@@ -117,6 +117,8 @@ class THOR(torch.optim.Optimizer):
         if not isinstance(model, nn.Module):
             raise ConfigError("model", type(model).__name__, "must be a torch.nn.Module")
         plan = _as_plan(plan)
+        if plan is not None:
+            plan.require("thor")
         family_cls = family_class(family or (plan.family if plan is not None else "inverse"))
         self.graft = _family_graft(family_cls, graft)
         check_arguments(kl_clip=kl_clip, split=split, planned=plan is not None, max_skipped_steps=max_skipped_steps)

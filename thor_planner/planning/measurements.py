@@ -1,6 +1,8 @@
 """What a profile measured, as two CSV files that ``thor-plan plan --from`` re-plans from.
 
-``losses.csv``: one row per factor (``layer, kind, factor, dim``) and one column per candidate.
+``losses.csv``: one row per factor (``layer, kind, factor, dim``) and one column per candidate; for a
+profile made for a peer optimizer (the header's ``optimizer``, ``"thor"`` when absent), one row per
+parameter (``parameter, shape``, the shape as ``128x384``).
 ``timings.csv``: one row per candidate (median, min, max seconds, repeats, blocks, GFLOP,
 predicted) of the refresh of the preconditioner family the plan is made for (``meta["family"]``,
 ``inverse`` when absent), then the rows of any family timed for comparison, each row naming its
@@ -18,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from thor_planner.capture.layers import layer_kinds
+from thor_planner.targets import TARGETS
 from thor_planner.utils.atomic import atomic_write_text
 from thor_planner.utils.errors import UserError
 
@@ -26,6 +29,7 @@ TIMINGS_CSV = "timings.csv"
 META_PREFIX = "# thor-plan "
 LOSS_COLUMNS = ["layer", "kind", "factor", "dim"]
 TIMING_COLUMNS = ["candidate", "median_s", "min_s", "max_s", "repeats", "blocks", "gflop", "predicted"]
+PEER_LOSS_COLUMNS = ["parameter", "shape"]
 META_OBJECTS = ("model", "device", "capture")  # provenance objects the timings.csv header must hold
 
 
@@ -69,6 +73,23 @@ def _split_families(path: Path, timings: pd.DataFrame, family: str) -> tuple[pd.
     return own, (others if not others.empty else None)
 
 
+def _check_factor_rows(path: Path, losses: pd.DataFrame) -> None:
+    """One 'a' and one 'g' row per layer, registered kinds, integer dims."""
+    per_layer = losses.groupby("layer", sort=False)["factor"].apply(sorted)
+    if not _whole(losses["dim"], 1) or not losses["kind"].isin(layer_kinds()).all() \
+            or not all(f == ["a", "g"] for f in per_layer):
+        raise UserError(f"'{path}' needs one 'a' and one 'g' row per layer, a registered kind "
+                        f"({', '.join(layer_kinds())}) and integer dims >= 1: re-create it with 'thor-plan profile'")
+
+
+def _check_peer_rows(path: Path, losses: pd.DataFrame) -> None:
+    """One row per parameter, shapes written as ``128x384``."""
+    shapes = losses["shape"].fillna("").astype(str)
+    if not losses["parameter"].is_unique or not shapes.str.fullmatch(r"(\d+(x\d+)*)?").all():
+        raise UserError(f"'{path}' needs one row per parameter and shapes such as 128x384: "
+                        "re-create it with 'thor-plan profile'")
+
+
 @dataclass
 class Measurements:
     losses: pd.DataFrame
@@ -94,6 +115,11 @@ class Measurements:
     def seconds(self) -> list[float]:
         return [float(s) for s in self.timings["median_s"]]
 
+    @property
+    def optimizer(self) -> str:
+        """The optimizer the measurements were made for (a key of :data:`thor_planner.targets.TARGETS`)."""
+        return str(self.meta.get("optimizer", "thor"))
+
     def csv_texts(self) -> dict[str, str]:
         """The two files' contents (rendered before anything is written)."""
         losses = self.losses.to_csv(index=False, float_format="%.6g")
@@ -118,28 +144,14 @@ class Measurements:
         if missing:
             raise UserError(f"Profile folder '{folder}' lacks {' and '.join(missing)}: "
                             "run 'thor-plan profile' to measure it first")
-        text = paths[TIMINGS_CSV].read_text()
-        first, _, rest = text.partition("\n")
-        if not first.startswith(META_PREFIX):
-            raise UserError(f"'{paths[TIMINGS_CSV]}' has no '{META_PREFIX.strip()}' header line: "
-                            "re-create it with 'thor-plan profile'")
-        try:
-            meta = json.loads(first[len(META_PREFIX):])
-            timings = pd.read_csv(io.StringIO(rest))
-            losses = pd.read_csv(paths[LOSSES_CSV])
-        except (ValueError, pd.errors.ParserError) as exc:
-            raise UserError(f"Cannot read the measurements in '{folder}': {str(exc).splitlines()[0]}") from None
-        lacking = [k for k in META_OBJECTS if not isinstance(meta, dict) or not isinstance(meta.get(k), dict)]
-        step = meta.get("step_seconds") if isinstance(meta, dict) else None
-        offline = step is None and isinstance(meta, dict) and isinstance(meta.get("device"), dict) \
-            and "predicted_from" in meta["device"]
-        if not offline and (isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0):
-            lacking.append("step_seconds")  # only a plan predicted from a device profile has none
-        if lacking:
-            raise UserError(f"'{paths[TIMINGS_CSV]}' header lacks {', '.join(lacking)}: "
-                            "re-create it with 'thor-plan profile'")
+        meta, timings, losses = _read(folder, paths)
+        optimizer = meta.get("optimizer", "thor")
+        if optimizer not in TARGETS:
+            raise UserError(f"'{paths[TIMINGS_CSV]}' header names optimizer {optimizer!r}, which this version of "
+                            f"thor-plan does not plan for ({', '.join(TARGETS)})")
+        loss_columns = PEER_LOSS_COLUMNS if TARGETS[optimizer].peer else LOSS_COLUMNS
         timings, compared = _split_families(paths[TIMINGS_CSV], timings, str(meta.get("family", "inverse")))
-        for name, frame, cols in ((TIMINGS_CSV, timings, TIMING_COLUMNS), (LOSSES_CSV, losses, LOSS_COLUMNS)):
+        for name, frame, cols in ((TIMINGS_CSV, timings, TIMING_COLUMNS), (LOSSES_CSV, losses, loss_columns)):
             lacking = [c for c in cols if c not in frame.columns]
             if lacking:
                 raise UserError(f"'{folder / name}' lacks columns {', '.join(lacking)}: re-create it with 'thor-plan profile'")
@@ -150,17 +162,38 @@ class Measurements:
             raise UserError(f"'{paths[TIMINGS_CSV]}' needs increasing integer candidates >= 1 and positive "
                             "median_s: re-create it with 'thor-plan profile'")
         cands = [str(int(c)) for c in timings["candidate"]]
-        loss_cands = [c for c in losses.columns if c not in LOSS_COLUMNS]
+        loss_cands = [c for c in losses.columns if c not in loss_columns]
         if sorted(loss_cands, key=_as_int) != cands or len(timings) == 0 or len(losses) == 0:
             raise UserError(f"'{folder}' has losses for candidates {','.join(loss_cands) or 'none'} but timings for "
                             f"{','.join(cands) or 'none'}: re-run 'thor-plan profile'")
-        per_layer = losses.groupby("layer", sort=False)["factor"].apply(sorted)
-        if not _whole(losses["dim"], 1) or not losses["kind"].isin(layer_kinds()).all() \
-                or not all(f == ["a", "g"] for f in per_layer):
-            raise UserError(f"'{paths[LOSSES_CSV]}' needs one 'a' and one 'g' row per layer, a registered kind "
-                            f"({', '.join(layer_kinds())}) and integer dims >= 1: re-create it with 'thor-plan profile'")
+        (_check_peer_rows if TARGETS[optimizer].peer else _check_factor_rows)(paths[LOSSES_CSV], losses)
         numeric = losses[cands].apply(pd.to_numeric, errors="coerce")
         if numeric.isna().any().any() or ((numeric < 0) | (numeric > 1)).any().any():
             raise UserError(f"'{folder / LOSSES_CSV}' holds losses outside [0, 1]: re-run 'thor-plan profile'")
         timings["predicted"] = timings["predicted"].astype(bool)
         return cls(losses=losses, timings=timings, meta=meta, compared=compared)
+
+
+def _read(folder: Path, paths: dict[str, Path]) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """The header's provenance (checked for its objects and the step time), the timings and the losses."""
+    text = paths[TIMINGS_CSV].read_text()
+    first, _, rest = text.partition("\n")
+    if not first.startswith(META_PREFIX):
+        raise UserError(f"'{paths[TIMINGS_CSV]}' has no '{META_PREFIX.strip()}' header line: "
+                        "re-create it with 'thor-plan profile'")
+    try:
+        meta = json.loads(first[len(META_PREFIX):])
+        timings = pd.read_csv(io.StringIO(rest))
+        losses = pd.read_csv(paths[LOSSES_CSV], dtype={"shape": str, "parameter": str})
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise UserError(f"Cannot read the measurements in '{folder}': {str(exc).splitlines()[0]}") from None
+    lacking = [k for k in META_OBJECTS if not isinstance(meta, dict) or not isinstance(meta.get(k), dict)]
+    step = meta.get("step_seconds") if isinstance(meta, dict) else None
+    offline = step is None and isinstance(meta, dict) and isinstance(meta.get("device"), dict) \
+        and "predicted_from" in meta["device"]
+    if not offline and (isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0):
+        lacking.append("step_seconds")  # only a plan predicted from a device profile has none
+    if lacking:
+        raise UserError(f"'{paths[TIMINGS_CSV]}' header lacks {', '.join(lacking)}: "
+                        "re-create it with 'thor-plan profile'")
+    return meta, timings, losses

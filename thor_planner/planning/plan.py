@@ -17,6 +17,15 @@ diagonal, as the runtime's), ``device["busy"]`` (other processes' CPU load while
 :class:`Crossover`), and for plans made for FSDP2 (``--fsdp N``) ``rule.fsdp``, ``rule.fsdp_gathered``
 and, on the layers whose G split the shard constraint changed, ``g_split_unconstrained`` and
 ``g_loss_unconstrained`` (see :mod:`thor_planner.planning.planner`).
+
+**Plans for other optimizers** (``optimizer``, absent from older plans: ``"thor"``). A plan made
+with ``thor-plan profile --for shampoo`` or ``--for soap`` (a key of
+:data:`thor_planner.targets.TARGETS`) has, instead of ``layers``, ``schedule`` and ``family``:
+``block_size`` (the rule's block size, Distributed Shampoo's ``max_preconditioner_dim`` or SOAP's
+``max_precond_dim``), ``refresh_interval`` (their ``precondition_frequency``) and ``parameters``
+(one :class:`ParamPlan` per parameter). Its ``curves.inversion_seconds`` are the measured refresh
+times. :meth:`Plan.require` refuses a plan made for another optimizer (THOR calls it);
+:meth:`Plan.shampoo_kwargs` and :meth:`Plan.soap_kwargs` give a peer plan's constructor arguments.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from thor_planner.capture.layers import layer_kinds
+from thor_planner.targets import TARGETS
 from thor_planner.utils.atomic import atomic_write_text
 from thor_planner.utils.damping import DEFAULT_DAMPING, factor_shift
 from thor_planner.utils.errors import UserError
@@ -160,6 +170,26 @@ class LayerPlan:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ParamPlan:
+    """One parameter of a plan made for a peer optimizer: its shape, how the optimizer cuts it at
+    the planned block size (``blocks``, e.g. ``6 × 128×128``) and the information loss there."""
+
+    name: str
+    shape: list[int]
+    blocks: str
+    loss: float
+
+    @classmethod
+    def from_dict(cls, d: dict, path: str) -> "ParamPlan":
+        shape = _get(d, "shape", path)
+        if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                                  for n in shape):
+            _fail(f"{path}.shape", shape, "must be a list of integers >= 0")
+        return cls(name=_str(d, "name", path), shape=list(shape), blocks=_str(d, "blocks", path),
+                   loss=_num(d, "loss", path, 0.0, 1.0))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Schedule:
     """Damping and update-interval schedules in optimizer steps, and the trace thresholds.
 
@@ -267,9 +297,77 @@ class Crossover:
     tie_break: str | None = None
 
 
+def _candidates(d: dict) -> list[int]:
+    cands = _get(d, "candidates", "")
+    if not isinstance(cands, list) or not cands or not all(
+        isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in cands
+    ) or sorted(set(cands)) != cands:
+        _fail("candidates", cands, "must be a non-empty increasing list of integers >= 1")
+    return cands
+
+
+def _curves_and_crossover(d: dict, cands: list[int]) -> Crossover:
+    """Validate the rule and curves; the crossover."""
+    _str(d["rule"], "name", "rule")
+    _num(d["rule"], "loss_threshold", "rule", 0.0, 1.0)
+    for key in CURVES:
+        curve = _get(d["curves"], key, "curves")
+        if not isinstance(curve, list) or len(curve) != len(cands) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in curve
+        ):
+            _fail(f"curves.{key}", curve, f"must be a list of {len(cands)} numbers, one per candidate")
+    co = _get(d, "crossover", "")
+    return Crossover(
+        x=_num(co, "x", "crossover", optional=True), y=_num(co, "y", "crossover", optional=True),
+        split_dim=_int(co, "split_dim", "crossover", 1), warning=_str(co, "warning", "crossover", optional=True),
+        interval=_interval(co), spans=_spans(co, cands),
+        tie_break=_str(co, "tie_break", "crossover", optional=True),
+    )
+
+
+def _unique_names(entries: list, key: str, what: str) -> None:
+    first_index: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        if entry.name in first_index:
+            _fail(f"{key}[{i}].name", entry.name,
+                  f"{what} names must be unique (also {key}[{first_index[entry.name]}].name)")
+        first_index[entry.name] = i
+
+
+def _thor_parts(d: dict) -> dict:
+    """``layers``, ``schedule`` and ``family`` of a THOR plan."""
+    raw_layers = _get(d, "layers", "")
+    if not isinstance(raw_layers, list):
+        _fail("layers", raw_layers, "must be a list")
+    if not raw_layers:
+        _fail("layers", raw_layers, "must list at least one layer (a plan preconditions something)")
+    layers = [LayerPlan.from_dict(lp, f"layers[{i}]") for i, lp in enumerate(raw_layers)]
+    _unique_names(layers, "layers", "layer")
+    family = d.get("family", "inverse")
+    if not isinstance(family, str) or not family:
+        _fail("family", family, "must be the name of a preconditioner family, e.g. \"inverse\" or \"eigen\"")
+    return {"layers": layers, "schedule": Schedule.from_dict(_get(d, "schedule", "")), "family": family}
+
+
+def _peer_parts(d: dict) -> dict:
+    """``block_size``, ``refresh_interval`` and ``parameters`` of a plan made for a peer optimizer."""
+    raw = _get(d, "parameters", "")
+    if not isinstance(raw, list) or not raw:
+        _fail("parameters", raw, "must list at least one parameter")
+    parameters = [ParamPlan.from_dict(pp, f"parameters[{i}]") for i, pp in enumerate(raw)]
+    _unique_names(parameters, "parameters", "parameter")
+    return {"block_size": _int(d, "block_size", "", 1), "refresh_interval": _int(d, "refresh_interval", "", 1),
+            "parameters": parameters, "layers": [], "schedule": Schedule()}
+
+
 @dataclass(kw_only=True)
 class Plan:
-    """A whole plan. ``layers`` are preconditioned; ``skipped`` lists layers left to SGD and why."""
+    """A whole plan. ``layers`` are preconditioned; ``skipped`` lists layers left to SGD and why.
+
+    A plan made for a peer optimizer (``optimizer`` other than ``"thor"``) has no ``layers``; its
+    ``parameters``, ``block_size`` and ``refresh_interval`` say what to pass the optimizer, and its
+    ``schedule`` (THOR's) is the default and not written.
+    """
 
     model: dict
     device: dict
@@ -278,8 +376,8 @@ class Plan:
     candidates: list[int]
     curves: dict
     crossover: Crossover
-    schedule: Schedule
-    layers: list[LayerPlan]
+    schedule: Schedule = field(default_factory=Schedule)
+    layers: list[LayerPlan] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     tool_version: str = ""
     created: str = ""
@@ -287,10 +385,20 @@ class Plan:
     #: the preconditioner family the splits were planned for (its refresh cost was timed):
     #: ``"inverse"`` (THOR's block inverses; plans without the field) or ``"eigen"``
     family: str = "inverse"
+    #: the optimizer the plan was made for (a key of :data:`thor_planner.targets.TARGETS`)
+    optimizer: str = "thor"
+    block_size: int | None = None
+    refresh_interval: int | None = None
+    parameters: list[ParamPlan] = field(default_factory=list)
 
     @property
     def split_dim(self) -> int:
         return self.crossover.split_dim
+
+    @property
+    def for_peer(self) -> bool:
+        """Whether the plan was made for a peer optimizer (not THOR)."""
+        return self.optimizer != "thor"
 
     def layer(self, name: str) -> LayerPlan:
         for layer in self.layers:
@@ -298,15 +406,52 @@ class Plan:
                 return layer
         raise KeyError(name)
 
+    def require(self, optimizer: str) -> None:
+        """Refuse, in one line, a plan made for another optimizer than ``optimizer``."""
+        if self.optimizer == optimizer:
+            return
+        made, wanted = TARGETS[self.optimizer], TARGETS[optimizer]
+        use = ("build THOR(model, plan)" if made.name == "thor" else
+               f"pass plan.{made.name}_kwargs() to {made.constructor}")
+        raise PlanError(f"Plan was made for {made.title} (optimizer {made.name!r}), not {wanted.title}: "
+                        f"{use}, or make one with 'thor-plan profile --for {wanted.name}'")
+
+    def kwargs_for(self, optimizer: str, model=None) -> dict:
+        """The constructor's keyword arguments this plan sets for ``optimizer`` (a peer target),
+        e.g. ``{"max_preconditioner_dim": 512, "precondition_frequency": 40}`` for ``"shampoo"``.
+
+        A plan made for another optimizer is refused (:meth:`require`); with ``model``, so is a plan
+        whose parameters do not match it (:meth:`check_model`).
+        """
+        if optimizer not in TARGETS or not TARGETS[optimizer].peer:
+            peers = ", ".join(repr(n) for n, t in TARGETS.items() if t.peer)
+            raise ValueError(f"Invalid optimizer={optimizer!r}: must be one of {peers}")
+        self.require(optimizer)
+        if model is not None:
+            self.check_model(model)
+        target = TARGETS[optimizer]
+        return {target.block_kwarg: self.block_size, target.interval_kwarg: self.refresh_interval}
+
+    def shampoo_kwargs(self, model=None) -> dict:
+        """``max_preconditioner_dim`` and ``precondition_frequency`` for ``DistributedShampoo``:
+        ``DistributedShampoo(model.parameters(), **plan.shampoo_kwargs(), lr=...)``."""
+        return self.kwargs_for("shampoo", model)
+
+    def soap_kwargs(self, model=None) -> dict:
+        """``max_precond_dim`` and ``precondition_frequency`` for heavyball's ``SOAP``:
+        ``heavyball.SOAP(model.parameters(), **plan.soap_kwargs(), lr=...)``."""
+        return self.kwargs_for("soap", model)
+
     def to_dict(self) -> dict:
-        return {
-            "schema_version": self.schema_version, "tool_version": self.tool_version,
-            "created": self.created, "family": self.family, "model": self.model, "device": self.device,
-            "capture": self.capture, "rule": self.rule, "candidates": list(self.candidates),
-            "curves": self.curves, "crossover": asdict(self.crossover),
-            "schedule": self.schedule.to_dict(), "layers": [lp.to_dict() for lp in self.layers],
-            "skipped": self.skipped,
-        }
+        head = {"schema_version": self.schema_version, "tool_version": self.tool_version, "created": self.created,
+                "optimizer": self.optimizer}
+        body = {"model": self.model, "device": self.device, "capture": self.capture, "rule": self.rule,
+                "candidates": list(self.candidates), "curves": self.curves, "crossover": asdict(self.crossover)}
+        if self.for_peer:
+            return {**head, **body, "block_size": self.block_size, "refresh_interval": self.refresh_interval,
+                    "parameters": [asdict(pp) for pp in self.parameters], "skipped": self.skipped}
+        return {**head, "family": self.family, **body, "schedule": self.schedule.to_dict(),
+                "layers": [lp.to_dict() for lp in self.layers], "skipped": self.skipped}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -321,42 +466,12 @@ class Plan:
         for key in ("model", "device", "capture", "rule", "curves"):
             if not isinstance(_get(d, key, ""), dict):
                 _fail(key, d[key], "must be an object")
-        cands = _get(d, "candidates", "")
-        if not isinstance(cands, list) or not cands or not all(
-            isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in cands
-        ) or sorted(set(cands)) != cands:
-            _fail("candidates", cands, "must be a non-empty increasing list of integers >= 1")
-        rule = d["rule"]
-        _str(rule, "name", "rule")
-        _num(rule, "loss_threshold", "rule", 0.0, 1.0)
-        for key in CURVES:
-            curve = _get(d["curves"], key, "curves")
-            if not isinstance(curve, list) or len(curve) != len(cands) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in curve
-            ):
-                _fail(f"curves.{key}", curve, f"must be a list of {len(cands)} numbers, one per candidate")
-        co = _get(d, "crossover", "")
-        crossover = Crossover(
-            x=_num(co, "x", "crossover", optional=True), y=_num(co, "y", "crossover", optional=True),
-            split_dim=_int(co, "split_dim", "crossover", 1), warning=_str(co, "warning", "crossover", optional=True),
-            interval=_interval(co), spans=_spans(co, cands),
-            tie_break=_str(co, "tie_break", "crossover", optional=True),
-        )
-        raw_layers = _get(d, "layers", "")
-        if not isinstance(raw_layers, list):
-            _fail("layers", raw_layers, "must be a list")
-        if not raw_layers:
-            _fail("layers", raw_layers, "must list at least one layer (a plan preconditions something)")
-        layers = [LayerPlan.from_dict(lp, f"layers[{i}]") for i, lp in enumerate(raw_layers)]
-        first_index: dict[str, int] = {}
-        for i, lp in enumerate(layers):
-            if lp.name in first_index:
-                _fail(f"layers[{i}].name", lp.name,
-                      f"layer names must be unique (also layers[{first_index[lp.name]}].name)")
-            first_index[lp.name] = i
-        family = d.get("family", "inverse")
-        if not isinstance(family, str) or not family:
-            _fail("family", family, "must be the name of a preconditioner family, e.g. \"inverse\" or \"eigen\"")
+        cands = _candidates(d)
+        crossover = _curves_and_crossover(d, cands)
+        optimizer = d.get("optimizer", "thor")
+        if optimizer not in TARGETS:
+            _fail("optimizer", optimizer, f"must be one of {', '.join(map(repr, TARGETS))}")
+        parts = _peer_parts(d) if TARGETS[optimizer].peer else _thor_parts(d)
         skipped = d.get("skipped", [])
         if not isinstance(skipped, list):
             _fail("skipped", skipped, "must be a list")
@@ -367,8 +482,7 @@ class Plan:
             schema_version=SCHEMA_VERSION, tool_version=str(d.get("tool_version", "")),
             created=str(d.get("created", "")), model=d["model"], device=d["device"],
             capture=d["capture"], rule=d["rule"], candidates=cands, curves=d["curves"],
-            crossover=crossover, schedule=Schedule.from_dict(_get(d, "schedule", "")),
-            layers=layers, skipped=skipped, family=family,
+            crossover=crossover, skipped=skipped, optimizer=optimizer, **parts,
         )
 
     @classmethod
@@ -387,7 +501,15 @@ class Plan:
         return cls.from_dict(data)
 
     def check_model(self, model) -> None:
-        """Refuse a plan whose layers do not match ``model`` (names, kinds, factor dimensions)."""
+        """Refuse a plan whose layers (a peer plan: parameters) do not match ``model`` (names, kinds,
+        factor dimensions; a peer plan's parameter names and shapes)."""
+        problems = self._peer_mismatches(model) if self.for_peer else self._layer_mismatches(model)
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise PlanError(f"Plan does not match the model ({len(problems)} mismatches): {shown}. "
+                            "Profile this model again to make a plan for it")
+
+    def _layer_mismatches(self, model) -> list[str]:
         from thor_planner.capture.collector import layer_specs  # late import: capture imports torch hooks machinery
 
         specs = {s.name: s for s in layer_specs(model)}
@@ -401,7 +523,14 @@ class Plan:
                                           ("g_dim", lp.g_dim, spec.g_dim)):
                 if planned != actual:
                     problems.append(f"{lp.name}: plan {what}={planned}, model {what}={actual}")
-        if problems:
-            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-            raise PlanError(f"Plan does not match the model ({len(problems)} mismatches): {shown}. "
-                            "Profile this model again to make a plan for it")
+        return problems
+
+    def _peer_mismatches(self, model) -> list[str]:
+        shapes = {n: list(p.shape) for n, p in model.named_parameters()}
+        problems = []
+        for pp in self.parameters:
+            if pp.name not in shapes:
+                problems.append(f"{pp.name}: not a parameter of the model")
+            elif shapes[pp.name] != pp.shape:
+                problems.append(f"{pp.name}: plan shape {pp.shape}, model shape {shapes[pp.name]}")
+        return problems

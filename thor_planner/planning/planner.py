@@ -166,7 +166,12 @@ def _chosen_rule(rule: RuleConfig, crossing, m: Measurements) -> Rule:
 
 
 def make_plan(m: Measurements, rule: RuleConfig = RuleConfig(), schedule: Schedule = Schedule()) -> Plan:
-    """Apply ``rule`` to the measurements and write every layer's splits."""
+    """Apply ``rule`` to the measurements and write every layer's splits (for measurements made for
+    a peer optimizer: its block size and refresh interval, :func:`.peers.make_peer_plan`)."""
+    if m.optimizer != "thor":
+        from thor_planner.planning.peers import make_peer_plan
+
+        return make_peer_plan(m, rule)
     cands, seconds = m.candidates, m.seconds
     shares = per_rank_shares(m, rule.world_size, rule.fsdp)
     per_rank = [s * f for s, f in zip(seconds, shares)]

@@ -4,7 +4,8 @@
 below the threshold; rises with b) meets the normalized-performance curve (p_1/p_b; falls with b).
 x is linear in b, the crossing is interpolated linearly between candidates and snapped to the
 nearest candidate. ``budget``: the largest candidate whose inversion time, amortized over the
-update interval, stays under a fraction of one training step.
+update interval, stays under a fraction of one training step. ``refresh_interval``: the same budget
+solved for the interval at a given refresh time (the plans for Distributed Shampoo and SOAP).
 
 **Uncertainty.** Each candidate's inversion time was measured several times (min and max kept).
 The performance curve then lies between ``min(p_1)/max(p_b)`` and ``max(p_1)/min(p_b)`` (1 at the
@@ -20,6 +21,7 @@ whole spread lies rather than on the median alone, which moves with noise.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -114,6 +116,16 @@ def budget(
                       f"refresh, over {overhead:g} × {step_seconds:.3g} s × {interval} steps. "
                       "Raise --overhead or --interval.")
     return Choice(max(fits))
+
+
+def refresh_interval(refresh_seconds: float, *, step_seconds: float, overhead: float) -> int:
+    """The fewest steps between refreshes that keep the refresh, amortized over them, within
+    ``overhead`` × one training step: the smallest ``n >= 1`` with
+    ``refresh_seconds / n <= overhead · step_seconds`` (the budget rule solved for the interval)."""
+    if not (step_seconds > 0 and overhead > 0):
+        raise ValueError(f"Invalid step_seconds={step_seconds} or overhead={overhead}: both must be > 0")
+    allowed = overhead * step_seconds
+    return max(1, math.ceil(refresh_seconds / allowed * (1 - 1e-12)))
 
 
 def factor_split(losses: Sequence[float], candidates: Sequence[int], global_split: int, dim: int,

@@ -1,20 +1,19 @@
-"""``thor-plan profile``: capture factors, measure information loss and inversion time."""
+"""``thor-plan profile``: capture factors, measure information loss and inversion time (for a peer
+optimizer, :mod:`.peer_profile`; the configuration and what both share, :mod:`.common`)."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import re
-from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
-from thor_planner.version import __version__
+from thor_planner.targets import TARGETS
 from thor_planner.capture.collector import CapturedFactors, capture_factors
 from thor_planner.capture.layers import find_layers
-from thor_planner.inputs.data import BatchSource, check_batches, load_batches
-from thor_planner.optim.preconditioner import FAMILIES, family_class
-from thor_planner.utils.errors import ConfigError, UserError, check_seed, out_of_memory
+from thor_planner.inputs.data import BatchSource, load_batches
+from thor_planner.optim.preconditioner import family_class
+from thor_planner.utils.errors import UserError, out_of_memory
 from thor_planner.utils.imports import user_code_error
 from thor_planner.infoloss import loss_table
 from thor_planner.timing.backend_choice import backend_cache_for, default_backend, network_counts, select_for_model
@@ -26,65 +25,11 @@ from thor_planner.inputs.models import LoadedModel, load_model
 from thor_planner.utils.progress import Progress
 from thor_planner.timing.device_profile import load_device_profile
 from thor_planner.timing.prediction import predict_candidates, predicted_device_fields
-from thor_planner.timing.candidates import TimingConfig, time_candidates, time_training_step
-from thor_planner.timing.device import DEVICES, device_info, resolve_device
-
-FISHERS = ("sampled", "empirical")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ProfileConfig:
-    model: str = "resnet50"
-    weights: str | None = None
-    num_classes: int | None = None
-    data: str = "synthetic"
-    batches: int = 2
-    batch_size: int = 8
-    input_size: int | None = None
-    seed: int = 0
-    fisher: str = "sampled"
-    skip: str | None = None
-    device: str = "auto"
-    candidates: tuple[int, ...] | None = None
-    max_split: int = 2048
-    backend: str | None = None  # None: auto on CUDA, torch-cholesky on CPU; "auto": fastest accurate per size
-    device_profile: str | None = None  # predict timings from this device profile instead of timing here
-    timing: TimingConfig = TimingConfig()
-    refresh_backends: bool = False  # measure the backend choice again instead of reusing the cached one
-    #: preconditioner families whose refresh is timed: the first is the plan's, others are compared
-    family: tuple[str, ...] = ("inverse",)
-
-    def __post_init__(self) -> None:
-        for what in ("batches", "batch_size"):
-            if getattr(self, what) < 1:
-                raise ConfigError(what, getattr(self, what), "must be >= 1")
-        if self.input_size is not None and self.input_size < 1:
-            raise ConfigError("input_size", self.input_size, "must be >= 1")
-        check_seed(self.seed)
-        if self.fisher not in FISHERS:
-            raise ConfigError("fisher", self.fisher, "use 'sampled' or 'empirical'", quote=True)
-        if self.device not in DEVICES:
-            raise ConfigError("device", self.device, "use auto, cpu or cuda", quote=True)
-        if self.max_split < 16:
-            raise ConfigError("max_split", self.max_split, "must be >= 16 (the candidates are 1, then powers of two "
-                              "from 16); for other splits give --candidates")
-        if self.candidates is not None and (
-            not self.candidates or any(c < 1 for c in self.candidates) or list(self.candidates) != sorted(set(self.candidates))
-        ):
-            raise ConfigError("candidates", ",".join(map(str, self.candidates)),
-                              "give increasing integers >= 1, e.g. 1,16,64,256")
-        if self.backend is not None and self.backend != "auto" and self.backend not in BACKENDS:
-            raise ConfigError("backend", self.backend, f"use auto or one of {', '.join(sorted(BACKENDS))}", quote=True)
-        unknown = [f for f in self.family if f not in FAMILIES]
-        if not self.family or unknown or len(set(self.family)) != len(self.family):
-            raise ConfigError("family", ",".join(self.family), f"use one or more of {', '.join(FAMILIES)} (the "
-                              "first is the plan's; the others are timed for comparison)")
-        if self.skip is not None:
-            try:
-                re.compile(self.skip)
-            except re.error as exc:
-                raise UserError(f"Invalid --skip={self.skip!r}: not a regular expression ({exc})") from None
-
+from thor_planner.timing.candidates import time_candidates, time_training_step
+from thor_planner.timing.device import device_info, resolve_device
+from thor_planner.profiling.peer_profile import run_peer_profile
+from thor_planner.profiling.common import (FISHERS, PEER_BATCHES, PEER_MAX_SPLIT, ProfileConfig,  # noqa: F401
+                                           check_model_takes, check_peer_options, input_shape_for, provenance_meta)
 
 def default_candidates(max_dim: int, max_split: int = 2048) -> list[int]:
     """1, then powers of two from 16 up to the largest factor dimension (and ``max_split``)."""
@@ -94,22 +39,6 @@ def default_candidates(max_dim: int, max_split: int = 2048) -> list[int]:
         cands.append(b)
         b *= 2
     return cands
-
-
-def input_shape_for(loaded: LoadedModel, input_size: int | None) -> tuple[int, ...] | None:
-    """The model's input shape; ``input_size`` is the image side, or the sequence length of a token
-    model."""
-    shape = loaded.input_shape
-    if input_size is None:
-        return shape
-    if loaded.vocab_size is not None:
-        return (input_size,)
-    if shape is None:
-        return (3, input_size, input_size)
-    if len(shape) != 3:
-        raise UserError(f"--input-size applies to image models; '{loaded.name}' takes inputs of shape "
-                        f"{tuple(shape)}: drop --input-size")
-    return (shape[0], input_size, input_size)
 
 
 def skip_pattern(user_skip: str | None, rule_skips: dict[str, str]) -> str | None:
@@ -143,28 +72,6 @@ def check_backend_for(backend: str | None, device_type: str) -> None:
         names = ", ".join(n for n in sorted(BACKENDS) if n not in CUDA_ONLY)
         raise UserError(f"Invalid --backend={backend!r}: it runs on CUDA only; on {device_type} use auto or "
                         f"one of {names}")
-
-
-def check_model_takes(loaded: LoadedModel, model: torch.nn.Module, source: BatchSource, data: str,
-                      device: torch.device) -> None:
-    """Run one sample through the model (eval mode, no gradients) so that inputs it cannot take and
-    labels beyond its outputs are refused with a message, before anything is measured."""
-    inputs = source.batches[0][0]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(inputs[:1].to(device))
-    except Exception as exc:  # noqa: BLE001 - the user's model on the user's data
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
-        takes = f"; it takes {'×'.join(map(str, loaded.input_shape))}" if loaded.input_shape else ""
-        raise UserError(f"Model '{loaded.name}' cannot take the inputs of data '{data}' (shape "
-                        f"{'×'.join(map(str, inputs.shape[1:]))}{takes}): {type(exc).__name__}: {first}: "
-                        "pass data shaped as the model expects") from None
-    finally:
-        model.train(was_training)
-    if loaded.num_classes is None and isinstance(out, torch.Tensor) and out.dim() >= 1:
-        check_batches(data, source.batches, int(out.shape[-1]))
 
 
 def _capture_in_training_mode(cfg: ProfileConfig, loaded: LoadedModel, model: torch.nn.Module,
@@ -259,24 +166,6 @@ def _timings(cfg: ProfileConfig, factors: list[torch.Tensor], candidates: list[i
     return rows, section, step_times
 
 
-def _meta(cfg: ProfileConfig, loaded: LoadedModel, source: BatchSource, shape, device_section: dict,
-          step_times: list[float], captured: CapturedFactors) -> dict:
-    return {
-        "tool_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"name": loaded.name, "source": loaded.source, "num_params": loaded.num_params},
-        "device": device_section,
-        "capture": {"data": source.kind, "data_description": source.description,
-                    "batches": cfg.batches, "batch_size": cfg.batch_size,
-                    "input_shape": list(shape) if shape else None, "fisher": cfg.fisher,
-                    "seed": cfg.seed, "skip": cfg.skip},
-        "family": cfg.family[0],
-        "step_seconds": sorted(step_times)[len(step_times) // 2] if step_times else None,
-        "step_repeats": len(step_times),
-        "skipped": captured.skipped,
-    }
-
-
 def run_profile(cfg: ProfileConfig, progress: Progress = Progress(),
                 monitor: BusyMonitor | None = None) -> tuple[Measurements, CapturedFactors]:
     """Measure everything the planner needs; nothing is written here.
@@ -285,8 +174,12 @@ def run_profile(cfg: ProfileConfig, progress: Progress = Progress(),
     ``predicted``) and no training step is timed (``step_seconds`` is ``None``: the budget rule
     needs a step measured on the target device). Timings go through ``monitor`` (a default
     :class:`BusyMonitor` if none), which repeats measurements disturbed by other processes; its
-    findings are the device section's ``busy``.
+    findings are the device section's ``busy``. For a peer optimizer (``cfg.target``), see
+    :func:`thor_planner.profiling.peer_profile.run_peer_profile` (it returns the gradient samples
+    instead of the factors).
     """
+    if TARGETS[cfg.target].peer:
+        return run_peer_profile(cfg, progress, monitor)
     device = resolve_device(cfg.device)
     profile = load_device_profile(cfg.device_profile) if cfg.device_profile else None
     check_backend_for(cfg.backend, str(profile.device["type"]) if profile is not None else device.type)
@@ -314,7 +207,8 @@ def run_profile(cfg: ProfileConfig, progress: Progress = Progress(),
         losses = loss_table([(n, k, w, f.cpu()) for n, k, w, f in named], candidates, progress=advance)
     rows, device_section, step_times = _timings(cfg, [f for *_, f in named], candidates, model, source.batches[0],
                                                 device, profile, monitor or BusyMonitor(), progress)
-    meta = _meta(cfg, loaded, source, shape, device_section, step_times, captured)
+    meta = {**provenance_meta(cfg, loaded, source, shape, device_section, step_times, captured),
+            "family": cfg.family[0]}
     frames = {name: pd.DataFrame([t.row() for t in family_rows]) for name, family_rows in rows.items()}
     plan_family, *others = cfg.family
     compared = pd.concat([frames[n].assign(family=n) for n in others], ignore_index=True) if others else None

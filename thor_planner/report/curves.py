@@ -15,9 +15,10 @@ import numpy as np
 import plotly.graph_objects as go
 
 from thor_planner.planning.plan import Plan
+from thor_planner.targets import TARGETS
 from thor_planner.report.placement import Box, free_boxes, nearest_first, sample_polyline, segment_clear
 from thor_planner.report.style import INK, LOSS_COLOR, PERF_COLOR, SPLIT_COLOR, style
-from thor_planner.report.tables import _label, _rule_text, _threshold
+from thor_planner.report.tables import _label, _rule_text, _threshold, terms
 
 HEIGHT = 500
 Y_RANGE = (-0.04, 1.08)  # a little room below 0 and above 1: markers on either line are drawn whole
@@ -157,7 +158,7 @@ def label_annotations(plan: Plan, axis: SplitAxis, scale: tuple[float, float]) -
     line = sample_polyline([us, us], [_vfrac(0), _vfrac(1)], 1.5 / scale[1])
     marker = (Box.around(axis.frac(co.x), _vfrac(co.y), MARKER_PX / scale[0], MARKER_PX / scale[1])
               if co.x is not None and co.y is not None else None)
-    chosen_text = f"chosen split {split}"
+    chosen_text = f"chosen {terms(plan).split} {split}"
     box, side = _chosen_box(axis, split, chosen_text, curves, [marker] if marker else [], scale)
     notes = [dict(x=axis.unit(split), y=_y_at(box.centre[1]), text=chosen_text, showarrow=False,
                   xanchor="right" if side == "left" else "left", xshift=-GAP_PX if side == "left" else GAP_PX,
@@ -187,7 +188,7 @@ def _add_curves(fig: go.Figure, plan: Plan) -> None:
                         fillcolor="rgba(94,60,153,0.10)", line=dict(width=0), name="crossover interval (timing spread)",
                         hovertemplate=f"crossings the timing spread allows: b≈{lo:.0f}–{hi:.0f}{spans}<extra></extra>")
     for key, name, color, fmt in (
-        ("loss_fraction", f"fraction of factors with loss < {thr:.0%}", LOSS_COLOR, ".1%"),
+        ("loss_fraction", f"fraction of {terms(plan).unit} with loss < {thr:.0%}", LOSS_COLOR, ".1%"),
         ("normalized_perf", "normalized performance p₁/p_b", PERF_COLOR, ".3f"),
     ):
         dense_x, dense_y = _dense(list(cands), list(curves[key]))
@@ -195,12 +196,12 @@ def _add_curves(fig: go.Figure, plan: Plan) -> None:
                         line=dict(color=color, width=3))
         fig.add_scatter(x=list(cands), y=list(curves[key]), name=name, legendgroup=key, showlegend=False,
                         mode="markers", customdata=list(secs), marker=dict(size=8, color=color),
-                        hovertemplate=f"%{{y:{fmt}}} · inversion %{{customdata:.3g}} s<extra>{name}</extra>")
+                        hovertemplate=f"%{{y:{fmt}}} · {terms(plan).cost} %{{customdata:.3g}} s<extra>{name}</extra>")
     if co.x is not None and co.y is not None:
         fig.add_scatter(x=[co.x], y=[co.y], name="crossover", mode="markers", showlegend=False, cliponaxis=False,
                         marker=dict(size=15, symbol="circle-open", color=INK, line=dict(width=3)),
                         hovertemplate=f"crossover b≈{co.x:.1f}, y={co.y:.3f}<extra></extra>")
-    fig.add_scatter(x=[plan.split_dim, plan.split_dim], y=[0, 1], name=f"chosen split {plan.split_dim}",
+    fig.add_scatter(x=[plan.split_dim, plan.split_dim], y=[0, 1], name=f"chosen {terms(plan).split} {plan.split_dim}",
                     mode="lines", showlegend=False, hoverinfo="skip",
                     line=dict(color=SPLIT_COLOR, width=2, dash="dash"))
 
@@ -218,11 +219,14 @@ def curves_figure(plan: Plan) -> go.Figure:
     cands = list(plan.candidates)
     fig = go.Figure()
     _add_curves(fig, plan)
-    title, rule_line = "Information loss vs. inversion cost", ""
+    words = terms(plan)
+    title, rule_line = f"Information loss vs. {words.cost} cost", ""
+    if plan.for_peer:
+        title += f" · {_label(TARGETS[plan.optimizer].title)}"
     if plan.rule.get("name") == "budget":
         title += " · budget rule"
-        rule_line = f"split chosen by the budget rule: {_label(_rule_text(plan))}<br>"
-    style(fig, title, rule_line + "split b on a log₂ axis (THOR's fig. 3 uses a linear one: “linear b”)<br>"
+        rule_line = f"{words.split} chosen by the budget rule: {_label(_rule_text(plan))}<br>"
+    style(fig, title, rule_line + f"{words.split} b on a log₂ axis (THOR's fig. 3 uses a linear one: “linear b”)<br>"
           "curves interpolated linearly in b between candidates, as the crossover is", HEIGHT)
     top, bottom = (150 if rule_line else 130), 84
     scale = _plot_px(top, bottom)
@@ -234,7 +238,7 @@ def curves_figure(plan: Plan) -> go.Figure:
         font=dict(size=11), bgcolor="white", pad=dict(r=0, t=34, b=0, l=0), buttons=[
             dict(label=f"{kind} b", method="relayout", args=[layouts[kind]]) for kind in ("log", "linear")])])
     log = layouts["log"]
-    fig.update_xaxes(type="log", range=log["xaxis.range"], autorange=False, title_text="split dimension b",
+    fig.update_xaxes(type="log", range=log["xaxis.range"], autorange=False, title_text=words.axis,
                      tickvals=log["xaxis.tickvals"], ticktext=log["xaxis.ticktext"], showspikes=True,
                      spikemode="across", spikethickness=1, spikedash="dot", spikecolor="#adb5bd")
     fig.update_yaxes(range=list(Y_RANGE), tickvals=[0, 0.2, 0.4, 0.6, 0.8, 1], zeroline=False,

@@ -19,8 +19,10 @@ from thor_planner.planning.plan import Plan
 from thor_planner.report.curves import SplitAxis, curves_figure
 from thor_planner.report.heatmap import heatmap_figure, heatmap_needs_width
 from thor_planner.report.style import CONFIG, INK, SPLIT_COLOR, style
+from thor_planner.report.peer import parameter_table, peer_heatmap_figure, peer_plan_items, peer_stats
 from thor_planner.report.tables import (CSS, _esc, _label, _rule_text, _seconds, _stats, _threshold, _warnings,
-                                        plan_table, provenance, skipped_table)
+                                        plan_table, provenance, skipped_table, terms)
+from thor_planner.targets import TARGETS
 from thor_planner.utils.atomic import atomic_write_text
 
 __all__ = ["CONFIG", "CSS", "build_report", "figures", "plan_table", "provenance", "timing_figure", "write_report"]
@@ -36,8 +38,8 @@ def _family_trace(fig: go.Figure, family: str, rows: pd.DataFrame) -> None:
 
 
 def timing_figure(plan: Plan, timings: pd.DataFrame) -> go.Figure:
-    """Median refresh time of the whole network's blocks at each candidate (the plan's family; others
-    timed for comparison as dotted lines), min–max error bars."""
+    """Median refresh time of the whole network's blocks at each candidate (a THOR plan: its family's, others
+    timed for comparison as dotted lines; a peer plan: the peer's refresh), min–max error bars."""
     everything = timings
     if "family" in timings.columns:
         timings = everything[everything["family"] == plan.family]
@@ -64,7 +66,8 @@ def timing_figure(plan: Plan, timings: pd.DataFrame) -> go.Figure:
     chosen = t[t["candidate"] == plan.split_dim]
     if not chosen.empty:
         fig.add_scatter(x=[plan.split_dim], y=[float(chosen["median_s"].iloc[0])], mode="markers+text",
-                        name=f"chosen split {plan.split_dim}", text=[f"chosen split {plan.split_dim}"],
+                        name=f"chosen {terms(plan).split} {plan.split_dim}",
+                        text=[f"chosen {terms(plan).split} {plan.split_dim}"],
                         textposition="top left" if SplitAxis.of("log", list(plan.candidates)).frac(plan.split_dim) > 0.3
                         else "top right", textfont=dict(color=SPLIT_COLOR), hoverinfo="skip", cliponaxis=False,
                         marker=dict(size=18, symbol="star", color=SPLIT_COLOR, line=dict(color="white", width=1)))
@@ -74,22 +77,53 @@ def timing_figure(plan: Plan, timings: pd.DataFrame) -> go.Figure:
         t = everything
     dev = plan.device
     sub = " · ".join(_label(v) for v in (dev.get("name") or dev.get("type"), dev.get("backend"), dev.get("dtype")) if v)
-    what = "Inversion time" if plan.family == "inverse" else f"Refresh time ({plan.family} family)"
-    style(fig, f"{what} of the whole network", f"{sub}<br>all blocks of all factors, batched by "
-           "size as the runtime refreshes them · log–log", 500)
+    if plan.for_peer:
+        style(fig, "Refresh time of the whole network", f"{sub}<br>every statistic of every block, one matrix at a "
+              f"time as {_label(TARGETS[plan.optimizer].title)} refreshes them · log–log", 500)
+    else:
+        what = "Inversion time" if plan.family == "inverse" else f"Refresh time ({plan.family} family)"
+        style(fig, f"{what} of the whole network", f"{sub}<br>all blocks of all factors, batched by "
+              "size as the runtime refreshes them · log–log", 500)
     fig.update_layout(margin=dict(t=135))
-    fig.update_xaxes(type="log", tickvals=list(plan.candidates), title_text="split dimension b")
+    fig.update_xaxes(type="log", tickvals=list(plan.candidates), title_text=terms(plan).axis)
     lo, hi = t[["min_s", "median_s"]].min().min(), t[["max_s", "median_s"]].max().max()
     decades = [10.0 ** e for e in range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)] if len(t) else []
-    fig.update_yaxes(type="log", title_text="time to invert all blocks", tickvals=decades,
+    fig.update_yaxes(type="log", title_text="time of one refresh" if plan.for_peer else "time to invert all blocks",
+                     tickvals=decades,
                      ticktext=[_seconds(d) for d in decades])
     return fig
 
 
 def figures(plan: Plan, losses: pd.DataFrame, timings: pd.DataFrame) -> dict[str, go.Figure]:
-    """The report's figures: ``curves`` (THOR fig. 3), ``heatmap`` (per-factor loss), ``timing``."""
-    return {"curves": curves_figure(plan), "heatmap": heatmap_figure(plan, losses),
+    """The report's figures: ``curves`` (THOR fig. 3), ``heatmap`` (per-factor loss; a peer plan:
+    per-parameter), ``timing``."""
+    heatmap = peer_heatmap_figure(plan, losses) if plan.for_peer else heatmap_figure(plan, losses)
+    return {"curves": curves_figure(plan), "heatmap": heatmap,
             "timing": timing_figure(plan, timings)}
+
+
+def _thor_sections(plan: Plan, losses: pd.DataFrame) -> dict[str, str]:
+    summary = [f"Global split <b>{plan.split_dim}</b>", f"{len(plan.layers)} layers preconditioned",
+               f"{len(plan.skipped)} skipped", f"rule {_esc(_rule_text(plan))}"]
+    table = f"""<h2>Plan: split per layer and factor</h2><p class="muted">Loss at the planned split;
+red = at or above the {_threshold(plan):.0%} threshold; <span class="tag">full</span> = the whole factor is
+inverted.</p><div class="scroll">{plan_table(plan)}</div>
+<h2 style="margin-top:18px">Skipped layers</h2>{skipped_table(plan)}"""
+    return {"title": "", "summary": summary, "stats": _stats(plan), "table": table, "provenance": provenance(plan),
+            "layout": "split stack" if heatmap_needs_width(plan, losses) else "split"}
+
+
+def _peer_sections(plan: Plan) -> dict[str, str]:
+    target = TARGETS[plan.optimizer]
+    summary = [f"{_esc(target.title)}: <b>{target.block_kwarg}={plan.block_size}</b>, "
+               f"<b>{target.interval_kwarg}={plan.refresh_interval}</b>",
+               f"{len(plan.parameters)} parameters", f"{len(plan.skipped)} skipped", f"rule {_esc(_rule_text(plan))}"]
+    table = f"""<h2>Plan: how {_esc(target.title)} cuts each parameter</h2><p class="muted">Blocks and loss at the
+planned block size {plan.block_size}; red = at or above the {_threshold(plan):.0%} threshold.</p>
+<div class="scroll">{parameter_table(plan)}</div>
+<h2 style="margin-top:18px">Skipped parameters</h2>{skipped_table(plan, "parameter (not preconditioned)")}"""
+    return {"title": f" — plan for {target.title}", "summary": summary, "stats": peer_stats(plan), "table": table,
+            "provenance": provenance(plan, peer_plan_items(plan)), "layout": "split stack"}
 
 
 def build_report(plan: Plan, losses: pd.DataFrame, timings: pd.DataFrame) -> str:
@@ -98,26 +132,19 @@ def build_report(plan: Plan, losses: pd.DataFrame, timings: pd.DataFrame) -> str
     divs = {key: pio.to_html(figs[key], include_plotlyjs=(i == 0), full_html=False, config=CONFIG,
                              div_id=f"fig-{key}") for i, key in enumerate(("curves", "timing", "heatmap"))}
     model, dtype = plan.model.get("name", "model"), plan.device.get("type", "device")
-    title = f"thor-plan report — {model} on {dtype}"
-    co = plan.crossover
-    summary = [f"Global split <b>{plan.split_dim}</b>", f"{len(plan.layers)} layers preconditioned",
-               f"{len(plan.skipped)} skipped", f"rule {_esc(_rule_text(plan))}"]
-    if co.x is not None:
-        summary.append(f"curves cross at b≈{co.x:.0f}")
-    warning = _warnings(plan)
+    parts = _peer_sections(plan) if plan.for_peer else _thor_sections(plan, losses)
+    title = f"thor-plan report — {model} on {dtype}{parts['title']}"
+    summary = parts["summary"] + ([f"curves cross at b≈{plan.crossover.x:.0f}"] if plan.crossover.x is not None else [])
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_esc(title)}</title><style>{CSS}</style></head><body><main>
 <h1>{_esc(title)}</h1>
 <p class="summary">{" · ".join(summary)}</p>
-{warning}{_stats(plan)}
+{_warnings(plan)}{parts["stats"]}
 <div class="grid"><div class="card">{divs["curves"]}</div><div class="card">{divs["timing"]}</div></div>
-<div class="{"split stack" if heatmap_needs_width(plan, losses) else "split"}"><div class="card">{divs["heatmap"]}</div>
-<div class="card"><h2>Plan: split per layer and factor</h2><p class="muted">Loss at the planned split;
-red = at or above the {_threshold(plan):.0%} threshold; <span class="tag">full</span> = the whole factor is
-inverted.</p><div class="scroll">{plan_table(plan)}</div>
-<h2 style="margin-top:18px">Skipped layers</h2>{skipped_table(plan)}</div></div>
-<h2>Provenance</h2>{provenance(plan)}
+<div class="{parts["layout"]}"><div class="card">{divs["heatmap"]}</div>
+<div class="card">{parts["table"]}</div></div>
+<h2>Provenance</h2>{parts["provenance"]}
 <footer>Generated by thor-plan {_esc(plan.tool_version or "")} · {_esc(plan.created or "")} ·
 self-contained page (plotly.js embedded, works offline).</footer>
 </main><script>document.querySelectorAll(".plotly-graph-div").forEach(function (d) {{ Plotly.Plots.resize(d); }});</script></body></html>

@@ -4,12 +4,32 @@ summary cards, the warnings and the page's CSS (the figures are in :mod:`report.
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 
 import numpy as np
 
 from thor_planner.planning.plan import Plan
+from thor_planner.targets import TARGETS
 
 FONT = 'system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif'
+
+
+@dataclass(frozen=True)
+class Terms:
+    """The words the report uses for a plan's decision: THOR's split of factors, or a peer
+    optimizer's block size of parameters."""
+
+    split: str = "split"
+    axis: str = "split dimension b"
+    unit: str = "factors"
+    cost: str = "inversion"
+
+
+def terms(plan: Plan) -> Terms:
+    if not plan.for_peer:
+        return Terms()
+    return Terms(split="block size", axis=f"block size b ({TARGETS[plan.optimizer].block_kwarg})",
+                 unit="parameters", cost="refresh")
 
 
 def _esc(value) -> str:
@@ -78,11 +98,13 @@ def plan_table(plan: Plan) -> str:
                   rows, "num")
 
 
-def skipped_table(plan: Plan) -> str:
+def skipped_table(plan: Plan, heading: str = "layer (left to SGD-momentum)") -> str:
     if not plan.skipped:
+        if plan.for_peer:
+            return '<p class="muted">Nothing skipped: every parameter with a gradient is planned.</p>'
         return '<p class="muted">No layers skipped: every Conv2d / Linear layer is preconditioned.</p>'
     rows = [[f"<code>{_esc(s.get('name', '?'))}</code>", _esc(s.get("reason", ""))] for s in plan.skipped]
-    return _table(["layer (left to SGD-momentum)", "reason"], rows, "wrap")
+    return _table([heading, "reason"], rows, "wrap")
 
 
 def _runs(positions: list[int], sizes: list[str]) -> str:
@@ -123,8 +145,21 @@ def _dl(items: list[tuple[str, str]]) -> str:
     return "<dl>" + "".join(f"<dt>{_esc(k)}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
 
 
-def provenance(plan: Plan) -> str:
-    m, d, c, r = plan.model, plan.device, plan.capture, plan.rule
+def _thor_plan_items(plan: Plan) -> list[tuple[str, str]]:
+    """The provenance's plan card: the rule, THOR's schedule and the tool."""
+    r, sched = plan.rule, plan.schedule
+    return [("rule", _esc(_rule_text(plan)))] + [(k, _esc(v)) for k, v in r.items() if k not in (
+        "name", "loss_threshold", "overhead", "interval", "step_seconds")] + [
+        ("damping", f"{sched.damping_init:g} × {sched.damping_decay:g}^(t/{sched.damping_decay_steps})"),
+        ("inverse interval", f"{sched.interval_initial} → {sched.interval_max} steps "
+                             f"(×{sched.interval_growth:g} every {sched.interval_grow_every})"),
+        ("ω1 / ω2", f"{sched.omega1:g} / {sched.omega2:g}"),
+        ("tool version", _esc(plan.tool_version or "?")), ("created", _esc(plan.created or "?"))]
+
+
+def provenance(plan: Plan, plan_items: list[tuple[str, str]] | None = None) -> str:
+    """Model, data, device and plan cards (``plan_items``: the plan card's rows; default THOR's)."""
+    m, d, c = plan.model, plan.device, plan.capture
     params = m.get("num_params")
     data = _esc(c.get("data", "?"))
     if str(c.get("data", "")).startswith("synthetic"):
@@ -133,7 +168,6 @@ def provenance(plan: Plan) -> str:
     dev_name = _esc(d.get("name", "?"))
     if d.get("predicted"):
         dev_name += ' <span class="pill warn">timings predicted, not measured on this device</span>'
-    sched = plan.schedule
     blocks = [
         ("Model", [("name", _esc(m.get("name", "?"))), ("source", _esc(m.get("source", "?"))),
                    ("parameters", f"{params:,}" if isinstance(params, int) else _esc(params))]),
@@ -142,13 +176,7 @@ def provenance(plan: Plan) -> str:
         ("Device", [("type", _esc(d.get("type", "?"))), ("name", dev_name), ("threads", _esc(d.get("threads", "?"))),
                     ("torch", _esc(d.get("torch", "?"))), ("cuda", _esc(d.get("cuda") or "–")),
                     ("backend", backend), ("dtype", _esc(d.get("dtype", "?")))]),
-        ("Plan", [("rule", _esc(_rule_text(plan)))] + [(k, _esc(v)) for k, v in r.items() if k not in (
-            "name", "loss_threshold", "overhead", "interval", "step_seconds")] + [
-            ("damping", f"{sched.damping_init:g} × {sched.damping_decay:g}^(t/{sched.damping_decay_steps})"),
-            ("inverse interval", f"{sched.interval_initial} → {sched.interval_max} steps "
-                                 f"(×{sched.interval_growth:g} every {sched.interval_grow_every})"),
-            ("ω1 / ω2", f"{sched.omega1:g} / {sched.omega2:g}"),
-            ("tool version", _esc(plan.tool_version or "?")), ("created", _esc(plan.created or "?"))]),
+        ("Plan", plan_items if plan_items is not None else _thor_plan_items(plan)),
     ]
     return '<div class="prov">' + "".join(f'<div class="card"><h3>{h}</h3>{_dl(items)}</div>'
                                           for h, items in blocks) + "</div>"

@@ -282,7 +282,9 @@ def _thor_plan(config: TrainConfig, progress: Progress):
     from thor_planner.planning.plan import Plan
 
     if config.plan is not None:
-        return Plan.load(config.plan), None
+        plan = Plan.load(config.plan)
+        plan.require("thor")
+        return plan, None
     from thor_planner.planning.planner import make_plan
 
     progress.note(f"No plan given: profiling {config.model} on {config.data} first "

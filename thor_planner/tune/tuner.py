@@ -178,6 +178,7 @@ def _profile(config: TuneConfig, progress: Progress) -> _Profile | None:
         return None
     if t.plan is not None:
         base = Plan.load(t.plan)
+        base.require("thor")
         base.check_model(build_model(t.model))
         measurements = Measurements.load(Path(t.plan).parent)
         rule = base.rule
