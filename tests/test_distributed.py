@@ -89,6 +89,7 @@ def _worker(rank: int, world: int, init: str, out: str, mode: str) -> None:
                     "resumed": [p.detach() for p in resumed.parameters()],
                     "stats": opt.stats()}, f"{out}.{rank}")
     finally:
+        dist.barrier()  # both ranks leave together: gloo may abort a rank whose peer tore down first
         dist.destroy_process_group()
 
 

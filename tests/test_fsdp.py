@@ -170,6 +170,7 @@ def _worker(rank: int, world: int, init: str, out: str, mode: str, folder: str) 
         result = _refusals(rank) if mode == "refuse" else _train_and_resume(rank, world, mode, folder)
         torch.save(result, f"{out}.{rank}")
     finally:
+        dist.barrier()  # both ranks leave together: gloo may abort a rank whose peer tore down first
         dist.destroy_process_group()
 
 
