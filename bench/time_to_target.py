@@ -66,8 +66,10 @@ def definitions() -> Path:
 DEFAULT_STORAGE = f"sqlite:///{BENCH / 'results' / 'time_to_target.db'}"
 TARGET_RERUNS = 3  # the baseline's best configuration, trained with seeds 0, 1, 2
 #: The registry's optimizers and the peers, in the order the tables list them.
-ORDER = ("adamw", "sgd", "lamb", "muon", "soap", "shampoo", "kfac-pytorch", "mlbfgs", "kfac", "thor-128", "thor",
-         "thor-eigen")
+ORDER = ("adamw", "sgd", "lamb", "muon", "soap", "soap-planned", "shampoo", "shampoo-planned", "kfac-pytorch", "mlbfgs",
+         "kfac", "thor-128", "thor", "thor-eigen")
+#: Distributed Shampoo's and SOAP's block size and refresh interval from ``thor-plan profile --for``.
+PLANNED = {"shampoo-planned": "shampoo", "soap-planned": "soap"}
 
 
 class Notes(Progress):
@@ -123,17 +125,40 @@ def _peer_hp(name: str, config: TrainConfig, base: str) -> dict:
     return {k: v for k, v in hp.items() if k in defaults or k == "base"}
 
 
-def _peer_build(name: str, base: str):
-    return lambda model, config, plan: peers.make(name, model, _peer_hp(name, config, base))
+def _peer_build(name: str, base: str, fixed: dict | None = None):
+    return lambda model, config, plan: peers.make(name, model, {**_peer_hp(name, config, base), **(fixed or {})})
 
 
-def register_peers(base: str) -> dict[str, str]:
-    """Each peer as a registry entry (``base``: kfac-pytorch's base optimizer); returns the absent ones."""
+def peer_plan_settings(workload: Workload, peer: str) -> tuple[dict, dict]:
+    """The planned peer's settings (``thor-plan profile --for PEER`` on the workload's model and data,
+    kept in the results folder) and what the profile recorded."""
+    from thor_planner.planning.planner import make_plan
+    from thor_planner.profiling.profiler import ProfileConfig, run_profile
+
+    path = BENCH / "results" / f"time_to_target-{workload.name}-{peer}.plan.json"
+    if not path.exists():
+        measurements, _ = run_profile(ProfileConfig(model=workload.spec["model"], data=workload.spec["data"],
+                                                    batch_size=workload.spec["batch_size"], target=peer,
+                                                    device=workload.spec.get("device", "cpu")))
+        make_plan(measurements).save(path)
+    from thor_planner.planning.plan import Plan
+
+    plan = Plan.load(path)
+    kwargs = plan.kwargs_for(peer)
+    names = {"shampoo": ("max_preconditioner_dim", "precondition_frequency"),
+             "soap": ("max_precond_dim", "precondition_frequency")}[peer]
+    return {k: kwargs[k] for k in names}, {"plan": str(path.relative_to(BENCH.parent)), **kwargs}
+
+
+def register_peers(base: str, workload: Workload | None = None) -> dict[str, str]:
+    """Each peer as a registry entry (``base``: kfac-pytorch's base optimizer) and, for ``workload``,
+    Shampoo and SOAP with their planned block size and refresh interval; returns the absent ones."""
     absent = {}
     for name in peers.PEERS:
         reason = peers.absence(name)
         if reason is not None:
             absent[name] = reason
+            absent.update({p: reason for p, of in PLANNED.items() if of == name})
             continue
         space = peers.space(name, base if name == "kfac-pytorch" else None)
         defaults = peers.settings(name, {"base": base} if name == "kfac-pytorch" else {})
@@ -142,6 +167,13 @@ def register_peers(base: str) -> dict[str, str]:
         register_optimizer(OptimizerSpec(
             name=name, summary=f"{name} (peer)", family="peer", default_lr=float(defaults["lr"]), space=space,
             options=options, build=_peer_build(name, base)), replace=True)
+        planned = [p for p, of in PLANNED.items() if of == name]
+        for p in planned if workload is not None else ():
+            fixed, _ = peer_plan_settings(workload, name)
+            register_optimizer(OptimizerSpec(
+                name=p, summary=f"{name} with its planned block size and refresh interval", family="peer",
+                default_lr=float(defaults["lr"]), space=space, options=options, build=_peer_build(name, base, fixed)),
+                replace=True)
     return absent
 
 
@@ -274,7 +306,7 @@ def summary_json(results: dict, started: float, command: str) -> dict:
 
 def optimizers_for(workload: Workload, wanted: list[str] | None) -> tuple[list[str], dict[str, str]]:
     """The optimizers to measure on ``workload`` (registry and peers, in table order) and the absent peers."""
-    absent = register_peers("adamw" if workload.spec["graft"] == "adamw" else "sgd")
+    absent = register_peers("adamw" if workload.spec["graft"] == "adamw" else "sgd", workload)
     names = [n for n in ORDER if n in OPTIMIZERS or n in absent] + [n for n in OPTIMIZERS if n not in ORDER]
     return [n for n in names if wanted is None or n in wanted], absent
 
@@ -300,6 +332,8 @@ def run_workload(workload: Workload, args, command: str) -> dict:
             out[name] = {"status": peers.unsupported(exc)}
             continue
         out[name] = optimizer_result(workload, name, args.studies, args.storage)
+        if name in PLANNED:
+            out[name]["planned"] = peer_plan_settings(workload, PLANNED[name])[1]
     return {"model": workload.spec["model"], "data": workload.spec["data"], "spec": workload.spec,
             "metric": workload.task.metric, "direction": workload.task.direction, "target": workload.target,
             "optimizers": out}

@@ -10,6 +10,10 @@ GOALS = (
     ("thor", "cnn", "sgd", 0.6, ()),
     ("thor-eigen", "gpt-tiny", "adamw", 0.6, ("muon", "soap")),
     ("thor-eigen", "cnn", "thor", 1.0, ()),
+    ("shampoo-planned", "gpt-tiny", "shampoo", 1.0, ()),
+    ("shampoo-planned", "cnn", "shampoo", 1.0, ()),
+    ("soap-planned", "gpt-tiny", "soap", 1.0, ()),
+    ("soap-planned", "cnn", "soap", 1.0, ()),
 )
 METRIC = {"bits_per_byte": "validation bits per byte", "accuracy": "accuracy"}
 
@@ -40,6 +44,10 @@ def workload_table(name: str, w: dict) -> list[str]:
              f"| optimizer | seconds to target | × {base} | steps | trials reaching | best of its trials | ms/step |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [_row(o, r, baseline, metric) for o, r in w["optimizers"].items()]
+    planned = [f"{o}: " + ", ".join(f"{k}={v}" for k, v in r["planned"].items() if k != "plan")
+               for o, r in w["optimizers"].items() if r.get("planned")]
+    if planned:
+        lines += ["", "Planned peers (`thor-plan profile --for shampoo|soap` on this workload): " + "; ".join(planned)]
     return lines + [""]
 
 

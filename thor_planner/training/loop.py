@@ -292,12 +292,21 @@ def _thor_plan(config: TrainConfig, progress: Progress):
     start = time.perf_counter()
     measurements = quick_profile(config.model, config.data, config.seed, progress,
                                  family=optimizer_spec(config.optimizer).preconditioner)
-    plan = make_plan(measurements)
+    schedule = config.schedule or Schedule()
+    plan = make_plan(measurements, quick_rule(schedule), schedule)
     seconds = time.perf_counter() - start
     layers = [f"{lp.name} {lp.a_split}/{lp.g_split}" for lp in plan.layers]
     shown = ", ".join(layers if len(layers) <= 6 else layers[:4] + [f"… {len(layers)} layers"])
     progress.note(f"Planned in {seconds:.1f} s: global split {plan.split_dim} (A/G splits: {shown})")
     return plan, seconds
+
+
+def quick_rule(schedule: Schedule):
+    """The rule a quick plan is made with: ``auto``, its budget amortized over the schedule's first
+    check-point interval (what the run will refresh at)."""
+    from thor_planner.planning.planner import RuleConfig
+
+    return RuleConfig(interval=schedule.interval_initial)
 
 
 def quick_profile(model: str, data: str, seed: int, progress: Progress = Progress(), family: str = "inverse"):

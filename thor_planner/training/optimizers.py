@@ -10,8 +10,9 @@ marked):
 - THOR variants (``thor``, ``thor-128``, ``kfac``, ``thor-eigen``): ``lr`` (SGD's range, 1e-3–1, log; with
   ``graft="adamw"`` AdamW's, 1e-4–0.1, log), ``weight_decay`` (1e-6–0.1, log), ``warmup`` (0–0.2
   of the steps), ``damping_init`` (1e-3–0.3, log); ``thor`` also ``loss_threshold`` (1e-3–0.2,
-  log), the planner rule's threshold, re-planned from the profile without measuring again;
-  ``thor-eigen`` (a drop-in for AdamW only) takes AdamW's ``lr`` range and also ``loss_threshold``. The
+  log), the planner rule's threshold, re-planned from the profile without measuring again.
+  ``thor-eigen`` (a drop-in for AdamW only; its eigenbases do not depend on the damping): AdamW's
+  space (``lr``, ``weight_decay``, ``beta1``, ``warmup``) and ``loss_threshold``. The
   factor and inverse intervals and the trace thresholds keep the plan's schedule (or the default
   :class:`~thor_planner.planning.plan.Schedule`); the damping decays over the run as the schedule
   says, counted per epoch.
@@ -160,8 +161,8 @@ register_optimizer(OptimizerSpec(
 register_optimizer(OptimizerSpec(
     name="thor-eigen", summary="THOR's eigenbasis family with the plan's splits (Adam in the Kronecker eigenbasis; "
     "a drop-in for AdamW; profiles the model for it first without a plan)", build=_thor(None, True, "eigen"),
-    default_lr=3e-3, family="thor", plans=True, space=_THOR_ADAMW_SPACE + (_THRESHOLD,), options=_THOR_OPTIONS,
-    grafts=("adamw",), preconditioner="eigen"))
+    default_lr=3e-3, family="thor", plans=True, space=(ADAMW_LR, WEIGHT_DECAY, BETA1, WARMUP, _THRESHOLD),
+    options=_THOR_OPTIONS, grafts=("adamw",), preconditioner="eigen"))
 register_optimizer(OptimizerSpec(
     name="thor-128", summary="THOR with every factor split at 128", build=_thor(128), default_lr=0.1,
     adamw_lr=0.01, family="thor", space=_THOR_SPACE, adamw_space=_THOR_ADAMW_SPACE, options=_THOR_OPTIONS,

@@ -38,7 +38,7 @@ from pathlib import Path
 from thor_planner.planning.measurements import Measurements
 from thor_planner.planning.plan import Plan, Schedule
 from thor_planner.planning.planner import Rule, RuleConfig, make_plan
-from thor_planner.training.loop import TrainConfig, build_model, quick_profile, train
+from thor_planner.training.loop import TrainConfig, build_model, quick_profile, quick_rule, train
 from thor_planner.training.optimizers import optimizer_spec
 from thor_planner.tune.space import signature, suggest, train_options
 from thor_planner.tune.study import DEFAULT_STORAGE, TuneConfigError, TuneError, import_optuna, open_study
@@ -187,7 +187,8 @@ def _profile(config: TuneConfig, progress: Progress) -> _Profile | None:
                         False)
     progress.note(f"No plan given: profiling {t.model} on {t.data} first")
     family = optimizer_spec(t.optimizer).preconditioner
-    return _Profile(quick_profile(t.model, t.data, t.seed, progress, family), RuleConfig(), Schedule(), True)
+    schedule = t.schedule or Schedule()
+    return _Profile(quick_profile(t.model, t.data, t.seed, progress, family), quick_rule(schedule), schedule, True)
 
 
 def _counts(study) -> dict:
