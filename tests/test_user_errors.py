@@ -159,13 +159,13 @@ def test_bad_input_is_one_line_and_writes_nothing(workdir: Path, args: list[str]
 
 
 def test_out_of_memory_names_the_sizes_to_lower(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import thor_planner.profiling.profiler
+    import thor_planner.inputs.data
 
     def huge(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
                            "you tried to allocate 256000000000000 bytes. Error code 12 (Cannot allocate memory)")
 
-    monkeypatch.setattr(thor_planner.profiling.profiler, "load_batches", huge)
+    monkeypatch.setattr(thor_planner.inputs.data, "load_batches", huge)
     assert_refused(workdir, ["profile", "--model", "cnn", "--out", "run"],
                    "Out of memory (an allocation of 2.56e+05 GB failed): lower --batch-size, --batches or --input-size")
 

@@ -104,6 +104,34 @@ class ProfileConfig:
                 raise UserError(f"Invalid --skip={self.skip!r}: not a regular expression ({exc})") from None
 
 
+@dataclass
+class Inputs:
+    """What a profile measures on: the loaded model (on ``device``), its input shape and the batches."""
+
+    loaded: LoadedModel
+    model: torch.nn.Module
+    shape: tuple[int, ...] | None
+    source: BatchSource
+    device: torch.device
+
+
+def load_inputs(cfg: "ProfileConfig", device: torch.device, loaded: LoadedModel) -> Inputs:
+    """The batches of ``cfg.data`` for ``loaded`` (its input shape resolved) and the model on
+    ``device``, checked on one sample (:func:`check_model_takes`) before anything is measured."""
+    from thor_planner.inputs.data import load_batches
+
+    shape = input_shape_for(loaded, cfg.input_size)
+    if shape is None and cfg.data == "synthetic":
+        raise UserError(f"Model '{cfg.model}' has no known input shape: pass --input-size N "
+                        "(images 3×N×N) or real batches with --data")
+    source = load_batches(cfg.data, input_shape=shape, num_classes=loaded.num_classes,
+                          batch_size=cfg.batch_size, batches=cfg.batches, seed=cfg.seed,
+                          vocab_size=loaded.vocab_size, objective=loaded.objective)
+    model = loaded.model.to(device)
+    check_model_takes(loaded, model, source, cfg.data, device)
+    return Inputs(loaded, model, shape, source, device)
+
+
 def input_shape_for(loaded: LoadedModel, input_size: int | None) -> tuple[int, ...] | None:
     """The model's input shape; ``input_size`` is the image side, or the sequence length of a token
     model."""

@@ -22,10 +22,9 @@ import torch
 
 from thor_planner.capture.gradient_stats import GradientSamples, capture_gradients
 from thor_planner.gradient_loss import gradient_loss_table
-from thor_planner.inputs.data import load_batches
 from thor_planner.inputs.models import load_model
 from thor_planner.planning.measurements import Measurements
-from thor_planner.profiling.common import ProfileConfig, check_model_takes, input_shape_for, provenance_meta
+from thor_planner.profiling.common import ProfileConfig, load_inputs, provenance_meta
 from thor_planner.targets import TARGETS, PlanTarget
 from thor_planner.timing.busy import BusyMonitor, watching
 from thor_planner.timing.candidates import time_training_step
@@ -117,15 +116,8 @@ def run_peer_profile(cfg: ProfileConfig, progress: Progress = Progress(),
     target = TARGETS[cfg.target]
     device = resolve_device(cfg.device)
     loaded = load_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights)
-    shape = input_shape_for(loaded, cfg.input_size)
-    if shape is None and cfg.data == "synthetic":
-        raise UserError(f"Model '{cfg.model}' has no known input shape: pass --input-size N "
-                        "(images 3×N×N) or real batches with --data")
-    source = load_batches(cfg.data, input_shape=shape, num_classes=loaded.num_classes,
-                          batch_size=cfg.batch_size, batches=cfg.batches, seed=cfg.seed,
-                          vocab_size=loaded.vocab_size, objective=loaded.objective)
-    model = loaded.model.to(device)
-    check_model_takes(loaded, model, source, cfg.data, device)
+    inputs = load_inputs(cfg, device, loaded)
+    model, shape, source = inputs.model, inputs.shape, inputs.source
     if cfg.candidates:  # refused before anything is measured when they cannot tell block sizes apart
         distinct_candidates(planned_shapes(model, cfg.skip), target, list(cfg.candidates))
     samples = _capture(cfg, loaded, model, source, device, progress)

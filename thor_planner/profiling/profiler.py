@@ -11,7 +11,7 @@ import torch
 from thor_planner.targets import TARGETS
 from thor_planner.capture.collector import CapturedFactors, capture_factors
 from thor_planner.capture.layers import find_layers
-from thor_planner.inputs.data import BatchSource, load_batches
+from thor_planner.inputs.data import BatchSource
 from thor_planner.optim.preconditioner import family_class
 from thor_planner.utils.errors import UserError, out_of_memory
 from thor_planner.utils.imports import user_code_error
@@ -29,7 +29,8 @@ from thor_planner.timing.candidates import time_candidates, time_training_step
 from thor_planner.timing.device import device_info, resolve_device
 from thor_planner.profiling.peer_profile import run_peer_profile
 from thor_planner.profiling.common import (FISHERS, PEER_BATCHES, PEER_MAX_SPLIT, ProfileConfig,  # noqa: F401
-                                           check_model_takes, check_peer_options, input_shape_for, provenance_meta)
+                                           check_model_takes, check_peer_options, input_shape_for, load_inputs,
+                                           provenance_meta)
 
 def default_candidates(max_dim: int, max_split: int = 2048) -> list[int]:
     """1, then powers of two from 16 up to the largest factor dimension (and ``max_split``)."""
@@ -187,15 +188,8 @@ def run_profile(cfg: ProfileConfig, progress: Progress = Progress(),
     specs = _check_plannable(cfg, loaded)
     max_dim = max(max(s.a_dim, s.g_dim) for s in specs)
     wanted = usable_candidates(cfg.candidates, max_dim, loaded.name, progress) if cfg.candidates else None
-    shape = input_shape_for(loaded, cfg.input_size)
-    if shape is None and cfg.data == "synthetic":
-        raise UserError(f"Model '{cfg.model}' has no known input shape: pass --input-size N "
-                        "(images 3×N×N) or real batches with --data")
-    source = load_batches(cfg.data, input_shape=shape, num_classes=loaded.num_classes,
-                          batch_size=cfg.batch_size, batches=cfg.batches, seed=cfg.seed,
-                          vocab_size=loaded.vocab_size, objective=loaded.objective)
-    model = loaded.model.to(device)
-    check_model_takes(loaded, model, source, cfg.data, device)
+    inputs = load_inputs(cfg, device, loaded)
+    model, shape, source = inputs.model, inputs.shape, inputs.source
     captured = _capture(cfg, loaded, model, source, device, progress)
     named = [(s.name, s.kind, w, f) for s in captured.specs
              for w, f in (("a", captured.a[s.name]), ("g", captured.g[s.name]))]
