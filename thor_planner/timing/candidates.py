@@ -5,7 +5,9 @@ Each candidate is timed exactly as the THOR runtime refreshes its inverses: ever
 partitioned at the candidate (capped at its dimension), blocks are grouped by size
 (:func:`partition.group_by_size`) and inverted by :func:`inversion.invert_groups`, one batched
 call per size. One warm-up run, then repeats until the per-candidate time budget is spent
-(at least ``min_repeats``, at most ``max_repeats``); the median and the spread are recorded.
+(at least ``min_repeats``, at most ``max_repeats``), or until three runs agree within 5%
+(``TimingConfig.settle``: more runs would not move the median or the spread the rules read); the
+median and the spread are recorded.
 A candidate whose warm-up run alone takes longer than the whole budget is recorded from that one
 run (its ``repeats`` is 1), which keeps the largest splits bounded. On CPU a warm-up run that takes
 at least a quarter of the budget counts as the first repeat (its one-time costs, allocations, are
@@ -42,6 +44,7 @@ from thor_planner.utils.damping import DEFAULT_DAMPING, factor_shift
 
 
 LONG_RUN_FRACTION = 0.25  # of the budget: a CPU warm-up run this long counts as a measurement
+SETTLED_REPEATS = 3  # runs that must agree (TimingConfig.settle) before repeating stops early
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class TimingConfig:
     max_repeats: int = 7
     warmup: int = 1
     damping: float = DEFAULT_DAMPING  # blocks get factor_shift(damping) = sqrt(damping) on the diagonal
+    #: stop repeating once :data:`SETTLED_REPEATS` runs agree within this relative spread ((max − min) /
+    #: median); ``None``: repeat until the budget is spent
+    settle: float | None = 0.05
 
     def __post_init__(self) -> None:
         if not self.budget_s > 0:
@@ -127,8 +133,18 @@ def _measure_once(fn: Callable[[], object], device: torch.device, config: Timing
             times.append(elapsed)  # a long CPU run has no one-time cost worth discarding: it counts
             break
     while len(times) < config.max_repeats and (len(times) < config.min_repeats or sum(times) < config.budget_s):
+        if _settled(times, config):
+            break
         times.append(_timed(fn, device))
     return times
+
+
+def _settled(times: list[float], config: TimingConfig) -> bool:
+    """Enough runs agree that more would not move the median or the spread the rules read."""
+    if config.settle is None or len(times) < max(SETTLED_REPEATS, config.min_repeats):
+        return False
+    middle = statistics.median(times)
+    return middle > 0 and (max(times) - min(times)) / middle <= config.settle
 
 
 #: ``solve(groups, shift)``: a preconditioner family's batched refresh of grouped blocks (the
@@ -192,13 +208,14 @@ def time_training_step(
 ) -> list[float]:
     """Seconds per first-order training step (forward, backward, SGD step) on ``batch``.
 
-    Runs on a deep copy so the user's model is untouched. By default at least 3 steps within 1 s,
-    after one warm-up step on CUDA (lazy initialisation, cuDNN autotuning) and none on CPU, where
-    the capture has just run the same forward and backward.
+    Runs on a deep copy so the user's model is untouched. By default at least 2 steps within 0.5 s
+    (stopping early once 3 agree within 5%), after one warm-up step on CUDA (lazy initialisation,
+    cuDNN autotuning) and none on CPU, where the capture has just run the same forward and backward.
+    The rules read the step only as the budget's scale, so its median of a few is enough.
     """
     if config is None:
         warm = 1 if torch.device(device).type == "cuda" else 0
-        config = TimingConfig(budget_s=1.0, min_repeats=3, max_repeats=10, warmup=warm)
+        config = TimingConfig(budget_s=0.5, min_repeats=2, max_repeats=10, warmup=warm)
     import copy
 
     work = copy.deepcopy(model).to(device).train()
