@@ -64,14 +64,14 @@ def _worker(rank: int, world: int, init: str, steps: int, out: str) -> None:
     schedule = Schedule(factor_every=5, interval_initial=10, interval_max=10)
     opt = THOR(ddp, split=128, schedule=schedule, lr=0.1, momentum=0.9, distributed=world > 1)
     refresh = []
-    inner = opt._inverter  # this rank's share of the inversions plus the broadcasts (all of them on 1 rank)
+    inner = opt._solver  # this rank's share of the inversions plus the broadcasts (all of them on 1 rank)
 
-    def timed(layers, shift):
+    def timed(layers, factors, shift):
         start = time.perf_counter()
-        result = inner(layers, shift)
+        result = inner(layers, factors, shift)
         refresh.append(time.perf_counter() - start)
         return result
-    opt._inverter = timed
+    opt._solver = timed
     local = GLOBAL_BATCH // world
     gen = torch.Generator().manual_seed(rank)
     x, y = torch.randn(local, 3, 32, 32, generator=gen), torch.randint(0, 10, (local,), generator=gen)

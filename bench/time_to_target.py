@@ -304,6 +304,15 @@ def summary_json(results: dict, started: float, command: str) -> dict:
 # -------------------------------------------------------------------------------- the run
 
 
+def corpus_record(workload: Workload) -> dict | None:
+    """The text a language-model workload trains on: bytes, files, Python version, sha256."""
+    if workload.spec["data"] != "stdlib":
+        return None
+    from thor_planner.inputs.stdlib import load_corpus
+
+    return load_corpus().describe()
+
+
 def optimizers_for(workload: Workload, wanted: list[str] | None) -> tuple[list[str], dict[str, str]]:
     """The optimizers to measure on ``workload`` (registry and peers, in table order) and the absent peers."""
     absent = register_peers("adamw" if workload.spec["graft"] == "adamw" else "sgd", workload)
@@ -335,6 +344,7 @@ def run_workload(workload: Workload, args, command: str) -> dict:
         if name in PLANNED:
             out[name]["planned"] = peer_plan_settings(workload, PLANNED[name])[1]
     return {"model": workload.spec["model"], "data": workload.spec["data"], "spec": workload.spec,
+            "corpus": corpus_record(workload),
             "metric": workload.task.metric, "direction": workload.task.direction, "target": workload.target,
             "optimizers": out}
 

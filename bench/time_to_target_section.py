@@ -33,6 +33,12 @@ def _row(name: str, r: dict, baseline: dict, metric: str) -> str:
             f"{pick(best):.4f} | {_fmt(r['ms_per_step'], 0)} |" if best else f"| {name} | ∞ | | | 0/{r['trials']} | | |")
 
 
+def _corpus(c: dict) -> str:
+    keys = ("python", "files", "total_bytes", "train_files", "train_bytes", "validation_files",
+            "validation_bytes", "sha256")
+    return ", ".join(f"{k} {c[k]}" for k in keys if k in c)
+
+
 def workload_table(name: str, w: dict) -> list[str]:
     spec, metric = w["spec"], w["metric"]
     base = spec["baseline"]
@@ -40,7 +46,10 @@ def workload_table(name: str, w: dict) -> list[str]:
     lines = [f"### {name}: {spec['model']} on {spec['data']}, batch {spec['batch_size']}, {spec['steps']} steps, "
              f"evaluated every {spec['eval_every']}", "",
              f"Target: {METRIC.get(metric, metric)} {w['target']} ({'lower' if w['direction'] == 'min' else 'higher'} "
-             f"is better; set by {base}: {spec.get('target_set_by', {}).get('values', '')})", "",
+             f"is better; set by {base}: the median of its best trial's best values over "
+             f"{len(spec.get('target_set_by', {}).get('values', []))} seeds, "
+             + ", ".join(f"{v:.4f}" for v in spec.get("target_set_by", {}).get("values", [])) + ")", "",
+             *([f"Text: {_corpus(w['corpus'])}", ""] if w.get("corpus") else []),
              f"| optimizer | seconds to target | × {base} | steps | trials reaching | best of its trials | ms/step |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [_row(o, r, baseline, metric) for o, r in w["optimizers"].items()]

@@ -1,0 +1,67 @@
+"""The time-to-target benchmark's machinery on a tiny workload: a target set by the tuned baseline
+(median of its re-runs' best values), studies that continue from storage instead of training
+again, the score read off the stored curves, and the section's goal lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+pytest.importorskip("optuna")
+import time_to_target as ttt  # noqa: E402
+from time_to_target_section import goal_lines  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """A one-workload definition file (the mlp on digits, 20 steps) and a storage of its own."""
+    defs = tmp_path / "workloads.json"
+    defs.write_text(json.dumps({"workloads": {"mlp": {
+        "model": "mlp", "data": "digits", "batch_size": 32, "steps": 20, "eval_every": 10, "baseline": "sgd",
+        "graft": "sgd", "betas": [0.9, 0.999], "target": None}}}))
+    monkeypatch.setattr(ttt, "_DEFINITIONS", [defs])
+    return ttt.load_workloads()["mlp"], f"sqlite:///{tmp_path / 'ttt.db'}", defs
+
+
+def test_the_target_is_the_median_of_the_baselines_best_values_and_is_written_down(tiny) -> None:
+    workload, storage, defs = tiny
+    target = ttt.set_target(workload, 2, storage, "the command")
+    written = json.loads(defs.read_text())["workloads"]["mlp"]
+    values = written["target_set_by"]["values"]
+    assert len(values) == ttt.TARGET_RERUNS and written["target"] == round(target, 4)
+    assert target == sorted(values)[1]  # the median of three
+    assert written["target_set_by"]["command"] == "the command" and written["target_set_by"]["baseline"] == "sgd"
+
+
+def test_a_study_continues_from_storage_and_is_scored_from_its_curves(tiny) -> None:
+    workload, storage, _ = tiny
+    workload.spec["target"] = 0.5
+    ttt.run_study(workload, "adamw", 0, 2, storage, 0.5)
+    first = ttt.trials_of(storage, ttt.study_name(workload, "adamw", 0))
+    ttt.run_study(workload, "adamw", 0, 2, storage, 0.5)  # both stored: nothing is trained again
+    ttt.run_study(workload, "adamw", 0, 3, storage, 0.5)  # one more
+    trials = ttt.trials_of(storage, ttt.study_name(workload, "adamw", 0))
+    assert len(first) == 2 and len(trials) == 3 and [t.number for t in trials] == [0, 1, 2]
+    result = ttt.optimizer_result(workload, "adamw", 1, storage)
+    assert result["trials"] == 3 and result["studies"] == 1
+    reached = [r["seconds_to_target"] for r in result["trial_records"] if r["seconds_to_target"] is not None]
+    assert result["seconds"] == (min(reached) if reached else None)
+    assert result["reached"] == len(reached)
+
+
+def test_goal_lines_say_met_or_missed_with_the_ratio() -> None:
+    def opt(seconds):
+        return {"seconds": seconds}
+
+    workloads = {"gpt-tiny": {"optimizers": {"thor": opt(60.0), "adamw": opt(100.0), "muon": opt(70.0),
+                                             "soap": opt(None), "thor-eigen": opt(None)}}}
+    lines = goal_lines(workloads)
+    assert lines[0] == "- **met**: thor on gpt-tiny ≤ 0.7× adamw's time; before muon, soap: yes (measured 0.60×)"
+    assert lines[1] == ("- **missed**: thor-eigen on gpt-tiny ≤ 0.6× adamw's time; before muon, soap: no (measured ∞ "
+                        "(not reached))")
