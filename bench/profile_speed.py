@@ -130,7 +130,7 @@ def loss_speedup_lines() -> list[str]:
 
 def speed_lines(device: str, model: str, cold: dict, warm: list[dict], typical: dict, name: str) -> list[str]:
     gpu = torch.cuda.is_available()
-    goal_cold, goal_warm = (8.0, 5.0) if gpu else (25.0, 25.0)
+    goal_cold, goal_warm = (8.0, 5.0) if gpu else (20.0, 15.0)
     stages = list(cold["stages"])
     return [
         f"## Default profile: `thor-plan profile --model {model}` ({device})",

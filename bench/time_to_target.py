@@ -63,6 +63,7 @@ _DEFINITIONS = [WORKLOADS_JSON]
 def definitions() -> Path:
     """The workload definitions in use (``--definitions``; default ``bench/workloads.json``)."""
     return _DEFINITIONS[0]
+PLANS = [BENCH / "results"]  # where the peers' measured plans are cached (a list: tests point it elsewhere)
 DEFAULT_STORAGE = f"sqlite:///{BENCH / 'results' / 'time_to_target.db'}"
 TARGET_RERUNS = 3  # the baseline's best configuration, trained with seeds 0, 1, 2
 #: The registry's optimizers and the peers, in the order the tables list them.
@@ -135,7 +136,7 @@ def peer_plan_settings(workload: Workload, peer: str) -> tuple[dict, dict]:
     from thor_planner.planning.planner import make_plan
     from thor_planner.profiling.profiler import ProfileConfig, run_profile
 
-    path = BENCH / "results" / f"time_to_target-{workload.name}-{peer}.plan.json"
+    path = PLANS[0] / f"time_to_target-{workload.name}-{peer}.plan.json"
     if not path.exists():
         measurements, _ = run_profile(ProfileConfig(model=workload.spec["model"], data=workload.spec["data"],
                                                     batch_size=workload.spec["batch_size"], target=peer,
@@ -147,7 +148,8 @@ def peer_plan_settings(workload: Workload, peer: str) -> tuple[dict, dict]:
     kwargs = plan.kwargs_for(peer)
     names = {"shampoo": ("max_preconditioner_dim", "precondition_frequency"),
              "soap": ("max_precond_dim", "precondition_frequency")}[peer]
-    return {k: kwargs[k] for k in names}, {"plan": str(path.relative_to(BENCH.parent)), **kwargs}
+    shown = path.relative_to(BENCH.parent) if path.is_relative_to(BENCH.parent) else path
+    return {k: kwargs[k] for k in names}, {"plan": str(shown), **kwargs}
 
 
 def register_peers(base: str, workload: Workload | None = None) -> dict[str, str]:
@@ -247,9 +249,10 @@ def set_target(workload: Workload, trials: int, storage: str, command: str) -> f
 def _write_target(workload: Workload, target: float, provenance: dict) -> None:
     data = json.loads(definitions().read_text())
     section = "gpu" if workload.name in data.get("gpu", {}) else "workloads"
-    data[section][workload.name].update(target=round(target, 4), target_set_by=provenance)
+    # unrounded: a target rounded toward the better side would be missed by the very run that set it
+    data[section][workload.name].update(target=target, target_set_by=provenance)
     definitions().write_text(json.dumps(data, indent=2) + "\n")
-    workload.spec.update(target=round(target, 4), target_set_by=provenance)
+    workload.spec.update(target=target, target_set_by=provenance)
 
 
 # -------------------------------------------------------------------------------- scores
@@ -264,6 +267,8 @@ def trial_record(trial, target: float, direction: str) -> dict:
             "seconds_to_target": scoring.json_number(seconds), "steps_to_target": steps,
             "best": scoring.json_number(scoring.best_value(curve, direction)) if curve else None, "stopped": trial.user_attrs.get("stopped"),
             "ms_per_step": 1000 * last[1] / last[0] if last and last[0] else None,
+            "wall_seconds": (trial.datetime_complete - trial.datetime_start).total_seconds()
+            if trial.datetime_complete and trial.datetime_start else None,
             "split_dim": trial.user_attrs.get("split_dim")}
 
 
@@ -286,16 +291,20 @@ def optimizer_result(workload: Workload, optimizer: str, studies: int, storage: 
 def profile_times(results: dict) -> dict[str, dict[str, float]]:
     """optimizer → workload → seconds (``inf`` when not reached or unsupported), for the optimizers
     measured on every workload of the run (absent peers are left out)."""
-    names = [o for o in ORDER if all(results[w]["optimizers"].get(o, {}).get("status", "absent") != "absent"
-                                     for w in results)]
-    seconds = {o: {w: results[w]["optimizers"][o].get("seconds") for w in results} for o in names}
+    run = [w for w in results if "optimizers" in results[w]]
+    names = [o for o in ORDER if all(not results[w]["optimizers"].get(o, {}).get("status", "absent").startswith(
+        ("absent", "not run")) for w in run)]
+    seconds = {o: {w: results[w]["optimizers"][o].get("seconds") for w in run} for o in names}
     return {o: {w: math.inf if s is None else float(s) for w, s in row.items()} for o, row in seconds.items()}
 
 
 def summary_json(results: dict, started: float, command: str) -> dict:
     times = profile_times(results)
     profile = scoring.performance_profile(times, max_tau=None, scale="log") if times and results else None
+    trial_seconds = sum(t["wall_seconds"] or 0 for w in results.values() for r in w.get("optimizers", {}).values()
+                        for t in r.get("trial_records", []))
     return {"machine": machine_line(), "command": command, "wall_seconds": round(time.time() - started, 1),
+            "trial_seconds": round(trial_seconds, 1),
             "workloads": results,
             "performance_profile": profile.to_json() if profile else None,
             "benchmark_score": scoring.benchmark_score(profile) if profile else None}
@@ -331,6 +340,10 @@ def run_workload(workload: Workload, args, command: str) -> dict:
     for name in names:
         if name in absent:
             out[name] = {"status": absent[name]}
+            continue
+        if args.report and not any(_stored_trials(args.storage, study_name(workload, name, study))
+                                   for study in range(args.studies)):
+            out[name] = {"status": "not run (no trial stored)"}
             continue
         try:
             for study in range(args.studies):
@@ -376,6 +389,9 @@ def main(argv: list[str] | None = None) -> None:
     for workload in chosen:
         if args.report:
             args.trials = 0
+            if workload.target is None:  # reporting never trains: a workload without a target was not run
+                results[workload.name] = {"status": "not run (no target set yet)", "spec": workload.spec}
+                continue
         results[workload.name] = run_workload(workload, args, command)
     write_outputs(results, started, command, args.name or ("time_to_target_gpu" if args.gpu else "time_to_target"),
                   args.scratch)

@@ -49,7 +49,7 @@ def curves_figure(name: str, w: dict) -> go.Figure:
                         line=dict(color=COLORS.get(opt), width=2), marker=dict(size=5),
                         hovertemplate=opt + ": step %{customdata}<br>%{x:.1f} s · %{y:.4f}<extra></extra>",
                         customdata=list(steps))
-    fig.add_hline(y=w["target"], line=dict(color="black", dash="dash"), annotation_text=f"target {w['target']}")
+    fig.add_hline(y=w["target"], line=dict(color="black", dash="dash"), annotation_text=f"target {w['target']:.4f}")
     fig.update_layout(title=f"{name}: {w['metric'].replace('_', ' ')} of each optimizer's best trial",
                       xaxis_title="training seconds (evaluation excluded)", yaxis_title=w["metric"].replace("_", " "),
                       template="plotly_white", height=420)
@@ -59,6 +59,8 @@ def curves_figure(name: str, w: dict) -> go.Figure:
 def step_figure(data: dict) -> go.Figure:
     fig = go.Figure()
     for name, w in data["workloads"].items():
+        if "optimizers" not in w:
+            continue
         rows = [(o, r["ms_per_step"]) for o, r in w["optimizers"].items() if r.get("ms_per_step")]
         fig.add_bar(x=[o for o, _ in rows], y=[v for _, v in rows], name=name)
     fig.update_layout(title="Median training step (ms, over every trial)", barmode="group", template="plotly_white",
@@ -67,7 +69,8 @@ def step_figure(data: dict) -> go.Figure:
 
 
 def write_page(path: Path, data: dict) -> Path:
-    figs = [profile_figure(data)] + [curves_figure(n, w) for n, w in data["workloads"].items()] + [step_figure(data)]
+    curves = [curves_figure(n, w) for n, w in data["workloads"].items() if "optimizers" in w]
+    figs = [profile_figure(data), *curves, step_figure(data)]
     divs = [pio.to_html(f, include_plotlyjs=(i == 0), full_html=False) for i, f in enumerate(figs)]
     body = "\n".join(f'<div style="margin:18px 0">{d}</div>' for d in divs)
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Time to target</title></head>"

@@ -40,12 +40,15 @@ def _corpus(c: dict) -> str:
 
 
 def workload_table(name: str, w: dict) -> list[str]:
-    spec, metric = w["spec"], w["metric"]
+    spec = w["spec"]
+    if "optimizers" not in w:
+        return [f"### {name}: {spec['model']} on {spec['data']}: {w['status']}", ""]
+    metric = w["metric"]
     base = spec["baseline"]
     baseline = w["optimizers"].get(base, {})
     lines = [f"### {name}: {spec['model']} on {spec['data']}, batch {spec['batch_size']}, {spec['steps']} steps, "
              f"evaluated every {spec['eval_every']}", "",
-             f"Target: {METRIC.get(metric, metric)} {w['target']} ({'lower' if w['direction'] == 'min' else 'higher'} "
+             f"Target: {METRIC.get(metric, metric)} {w['target']:.4f} ({'lower' if w['direction'] == 'min' else 'higher'} "
              f"is better; set by {base}: the median of its best trial's best values over "
              f"{len(spec.get('target_set_by', {}).get('values', []))} seeds, "
              + ", ".join(f"{v:.4f}" for v in spec.get("target_set_by", {}).get("values", [])) + ")", "",
@@ -64,6 +67,9 @@ def goal_lines(workloads: dict) -> list[str]:
     out = []
     for opt, name, ref, fraction, before in GOALS:
         w = workloads.get(name)
+        if w is not None and "optimizers" not in w:
+            out.append(f"- **not measured**: {opt} on {name} ≤ {fraction}× {ref}'s time (the workload was not run)")
+            continue
         if w is None or opt not in w["optimizers"] or ref not in w["optimizers"]:
             continue
         mine, theirs = w["optimizers"][opt].get("seconds"), w["optimizers"][ref].get("seconds")
@@ -80,8 +86,9 @@ def goal_lines(workloads: dict) -> list[str]:
 
 def section(data: dict, name: str) -> str:
     lines = [f"## Time to target against today's optimizers (`bench/{name.replace('_gpu', '')}.py`)", "",
-             f"Machine: {data['machine']}. Command: `{data['command']}`. Wall time of this run: "
-             f"{data['wall_seconds'] / 3600:.2f} h (targets set in earlier runs are reused).", "",
+             f"Machine: {data['machine']}. Command: `{data['command']}`. The stored trials trained for "
+             f"{data.get('trial_seconds', 0) / 3600:.2f} h in all (sum of the trials' durations, evaluations "
+             "included; the baseline's target re-runs not counted).", "",
              "Each optimizer tuned with the same number of quasi-random trials in its own search space (one "
              "study); score = training seconds to the target of the fastest trial (evaluation excluded), ∞ when "
              "none reached it. Figures: `bench/results/" + name + ".html`; every trial: `bench/results/" + name

@@ -18,6 +18,17 @@ from time_to_target_section import goal_lines  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(autouse=True)
+def registry():
+    """The peers the benchmark registers leave the optimizer registry as they found it."""
+    from thor_planner.training.optimizers import OPTIMIZERS
+
+    before = dict(OPTIMIZERS)
+    yield
+    OPTIMIZERS.clear()
+    OPTIMIZERS.update(before)
+
+
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
     """A one-workload definition file (the mlp on digits, 20 steps) and a storage of its own."""
@@ -26,6 +37,7 @@ def tiny(tmp_path, monkeypatch):
         "model": "mlp", "data": "digits", "batch_size": 32, "steps": 20, "eval_every": 10, "baseline": "sgd",
         "graft": "sgd", "betas": [0.9, 0.999], "target": None}}}))
     monkeypatch.setattr(ttt, "_DEFINITIONS", [defs])
+    monkeypatch.setattr(ttt, "PLANS", [tmp_path])
     return ttt.load_workloads()["mlp"], f"sqlite:///{tmp_path / 'ttt.db'}", defs
 
 
@@ -34,8 +46,8 @@ def test_the_target_is_the_median_of_the_baselines_best_values_and_is_written_do
     target = ttt.set_target(workload, 2, storage, "the command")
     written = json.loads(defs.read_text())["workloads"]["mlp"]
     values = written["target_set_by"]["values"]
-    assert len(values) == ttt.TARGET_RERUNS and written["target"] == round(target, 4)
-    assert target == sorted(values)[1]  # the median of three
+    assert len(values) == ttt.TARGET_RERUNS and written["target"] == target
+    assert target == sorted(values)[1]  # the median of three, unrounded: the run that set it reaches it
     assert written["target_set_by"]["command"] == "the command" and written["target_set_by"]["baseline"] == "sgd"
 
 
@@ -65,3 +77,23 @@ def test_goal_lines_say_met_or_missed_with_the_ratio() -> None:
     assert lines[0] == "- **met**: thor on gpt-tiny ≤ 0.7× adamw's time; before muon, soap: yes (measured 0.60×)"
     assert lines[1] == ("- **missed**: thor-eigen on gpt-tiny ≤ 0.6× adamw's time; before muon, soap: no (measured ∞ "
                         "(not reached))")
+
+
+def test_reporting_never_trains_a_workload_without_a_target(tiny, tmp_path, monkeypatch) -> None:
+    workload, storage, defs = tiny
+    monkeypatch.setattr(ttt, "train", lambda *a, **k: pytest.fail("--report trained"))
+    monkeypatch.setattr(ttt, "write_outputs", lambda results, *a, **k: captured.update(results))
+    captured = {}
+    ttt.main(["--report", "--definitions", str(defs), "--storage", storage])
+    assert captured["mlp"]["status"] == "not run (no target set yet)" and "optimizers" not in captured["mlp"]
+    assert goal_lines({"cnn": captured["mlp"]}) == [
+        "- **not measured**: thor on cnn ≤ 0.6× sgd's time (the workload was not run)",
+        "- **not measured**: thor-eigen on cnn ≤ 1.0× thor's time (the workload was not run)",
+        "- **not measured**: shampoo-planned on cnn ≤ 1.0× shampoo's time (the workload was not run)",
+        "- **not measured**: soap-planned on cnn ≤ 1.0× soap's time (the workload was not run)"]
+    data = json.loads(defs.read_text())
+    data["workloads"]["mlp"]["target"] = 0.5
+    defs.write_text(json.dumps(data))
+    ttt.main(["--report", "--definitions", str(defs), "--storage", storage, "--optimizers", "sgd,thor"])
+    assert captured["mlp"]["optimizers"] == {"sgd": {"status": "not run (no trial stored)"},
+                                             "thor": {"status": "not run (no trial stored)"}}
