@@ -63,6 +63,8 @@ _DEFINITIONS = [WORKLOADS_JSON]
 def definitions() -> Path:
     """The workload definitions in use (``--definitions``; default ``bench/workloads.json``)."""
     return _DEFINITIONS[0]
+
+
 PLANS = [BENCH / "results"]  # where the peers' measured plans are cached (a list: tests point it elsewhere)
 DEFAULT_STORAGE = f"sqlite:///{BENCH / 'results' / 'time_to_target.db'}"
 TARGET_RERUNS = 3  # the baseline's best configuration, trained with seeds 0, 1, 2

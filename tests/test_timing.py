@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -162,3 +163,22 @@ def test_a_long_cpu_warmup_counts_as_the_first_repeat():
                     TimingConfig(budget_s=0.05, min_repeats=1, max_repeats=5))
     # 0.02 s ≥ a quarter of the 0.05 s budget: the warm-up is kept; repeats stop once 0.05 s is reached
     assert len(calls) == len(times) == 3 and all(t >= 0.02 for t in times)
+
+
+def test_repeats_stop_once_three_runs_agree(monkeypatch) -> None:
+    import thor_planner.timing.candidates as candidates
+
+    def runs(seconds):
+        it = iter(seconds)
+        monkeypatch.setattr(candidates, "_timed", lambda fn, device: next(it))
+
+    config = TimingConfig(budget_s=100.0, min_repeats=1, max_repeats=7, warmup=0)
+    runs([1.0, 1.02, 1.01, 9.0, 9.0, 9.0, 9.0])
+    assert candidates._measure_once(lambda: None, torch.device("cpu"), config) == [1.0, 1.02, 1.01]
+    runs([1.0, 1.5, 1.0, 1.5, 1.0, 1.5, 1.0])  # a spread of 40%: repeat to max_repeats
+    assert len(candidates._measure_once(lambda: None, torch.device("cpu"), config)) == 7
+    runs([1.0] * 7)
+    unsettled = TimingConfig(budget_s=100.0, min_repeats=1, max_repeats=7, warmup=0, settle=None)
+    assert len(candidates._measure_once(lambda: None, torch.device("cpu"), unsettled)) == 7
+    with pytest.raises(ValueError, match=r"^Invalid settle=-0\.1: must be >= 0 or None$"):
+        TimingConfig(settle=-0.1)

@@ -28,9 +28,7 @@ from thor_planner.timing.prediction import predict_candidates, predicted_device_
 from thor_planner.timing.candidates import time_candidates, time_training_step
 from thor_planner.timing.device import device_info, resolve_device
 from thor_planner.profiling.peer_profile import run_peer_profile
-from thor_planner.profiling.common import (FISHERS, PEER_BATCHES, PEER_MAX_SPLIT, ProfileConfig,  # noqa: F401
-                                           check_model_takes, check_peer_options, input_shape_for, load_inputs,
-                                           provenance_meta)
+from thor_planner.profiling.common import ProfileConfig, load_inputs, provenance_meta  # noqa: F401 (ProfileConfig: API)
 
 def default_candidates(max_dim: int, max_split: int = 2048) -> list[int]:
     """1, then powers of two from 16 up to the largest factor dimension (and ``max_split``)."""

@@ -69,6 +69,8 @@ class TimingConfig:
             raise ValueError(f"Invalid warmup={self.warmup}: must be >= 0")
         if not self.damping >= 0:
             raise ValueError(f"Invalid damping={self.damping}: must be >= 0")
+        if self.settle is not None and not self.settle >= 0:
+            raise ValueError(f"Invalid settle={self.settle}: must be >= 0 or None")
 
 
 @dataclass(frozen=True)
