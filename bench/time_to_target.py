@@ -29,7 +29,7 @@ when no trial reached it; steps to target beside it (:mod:`scoring`).
 Output: its section of ``bench/RESULTS.md``, ``bench/results/time_to_target.json`` (scores, every
 trial with its parameters and curve) and ``bench/results/time_to_target.html`` (AlgoPerf's
 performance profile, validation metric against wall time of each optimizer's best trial, step times;
-self-contained).
+self-contained; git ignores it: ``python bench/time_to_target_page.py`` renders it from the JSON).
 """
 
 from __future__ import annotations

@@ -77,3 +77,22 @@ def write_page(path: Path, data: dict) -> Path:
             f"<body style=\"font-family:system-ui;max-width:1100px;margin:auto\"><h1>Time to target</h1>"
             f"<p>{data['machine']} · <code>{data['command']}</code></p>{body}</body></html>\n")
     return atomic_write_text(path, page)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Render the page from a results JSON (the page is generated, not committed)."""
+    import argparse
+    import json
+
+    here = Path(__file__).resolve().parent / "results"
+    parser = argparse.ArgumentParser(description="The time-to-target page from its results JSON.")
+    parser.add_argument("--name", default="time_to_target", help="results name (bench/results/NAME.json)")
+    args = parser.parse_args(argv)
+    source = here / f"{args.name}.json"
+    if not source.exists():
+        raise SystemExit(f"No results at {source}: run bench/time_to_target.py first")
+    print(write_page(here / f"{args.name}.html", json.loads(source.read_text())))
+
+
+if __name__ == "__main__":
+    main()

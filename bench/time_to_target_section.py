@@ -91,7 +91,8 @@ def section(data: dict, name: str) -> str:
              "included; the baseline's target re-runs not counted).", "",
              "Each optimizer tuned with the same number of quasi-random trials in its own search space (one "
              "study); score = training seconds to the target of the fastest trial (evaluation excluded), ∞ when "
-             "none reached it. Figures: `bench/results/" + name + ".html`; every trial: `bench/results/" + name
+             "none reached it. Figures: `bench/results/" + name + ".html` (generated, not committed: `python "
+             "bench/time_to_target_page.py` writes it from the JSON); every trial: `bench/results/" + name
              + ".json`.", ""]
     for wname, w in data["workloads"].items():
         lines += workload_table(wname, w)
