@@ -3,6 +3,7 @@
     python bench/time_to_target.py                              # every workload and optimizer, 5 trials × 1 study
     python bench/time_to_target.py --workloads gpt-tiny --optimizers adamw,thor-eigen --trials 5
     python bench/time_to_target.py --report                     # the section, JSON and page from what is stored
+    python bench/time_to_target.py --workloads gpt-tiny --optimizers thor --merge   # one row again
     python bench/time_to_target.py --gpu --minutes 3            # gpt-small on CUDA in bf16 (the GPU suite's stage)
 
 **Workloads** (``bench/workloads.json``): a fixed model, data, batch, step budget and evaluation
@@ -30,6 +31,9 @@ Output: its section of ``bench/RESULTS.md``, ``bench/results/time_to_target.json
 trial with its parameters and curve) and ``bench/results/time_to_target.html`` (AlgoPerf's
 performance profile, validation metric against wall time of each optimizer's best trial, step times;
 self-contained; git ignores it: ``python bench/time_to_target_page.py`` renders it from the JSON).
+``--merge`` re-runs only the rows named by ``--workloads``/``--optimizers`` (in a storage of their
+own) and keeps every other row as the stored JSON has it; the rows re-run and their command are
+listed in the JSON's ``reruns`` and in the section (:func:`merge_stored`).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
 import scoring  # noqa: E402
-from results import machine_line, write_json, write_section  # noqa: E402
+from results import machine_line, results_dir, write_json, write_section  # noqa: E402
 
 from thor_planner.training.loop import TrainConfig, train  # noqa: E402
 from thor_planner.training.optimizers import OPTIMIZERS, OptimizerSpec, register_optimizer  # noqa: E402
@@ -373,6 +377,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--storage", default=DEFAULT_STORAGE)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--report", action="store_true", help="only re-score and rewrite the outputs")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the stored JSON's other rows: re-run only --workloads x --optimizers")
     parser.add_argument("--gpu", action="store_true", help="the GPU workloads (gpt-small on CUDA, bf16)")
     parser.add_argument("--name", default=None, help="results name (default: time_to_target[_gpu])")
     parser.add_argument("--definitions", type=Path, default=WORKLOADS_JSON, help="workload definitions (JSON)")
@@ -396,14 +402,47 @@ def main(argv: list[str] | None = None) -> None:
                 continue
         results[workload.name] = run_workload(workload, args, command)
     write_outputs(results, started, command, args.name or ("time_to_target_gpu" if args.gpu else "time_to_target"),
-                  args.scratch)
+                  args.scratch, args.merge)
 
 
-def write_outputs(results: dict, started: float, command: str, name: str, scratch: Path | None = None) -> None:
+def merge_stored(results: dict, name: str, command: str) -> tuple[dict, dict]:
+    """The stored results ``results/<name>.json`` with the rows of ``results`` in place of theirs
+    (every other workload and optimizer as stored): (workloads, what the summary keeps of the stored
+    run: its command, machine, wall time and earlier re-runs, this one added)."""
+    path = results_dir() / f"{name}.json"
+    if not path.exists():
+        raise SystemExit(f"--merge: no stored results at {path}; run without --merge first")
+    stored = json.loads(path.read_text())
+    merged = dict(stored["workloads"])
+    rows = []
+    for wname, fresh in results.items():
+        old = merged.get(wname, {})
+        if "optimizers" not in fresh or "optimizers" not in old:
+            merged[wname] = fresh
+            rows += [f"{o} on {wname}" for o in fresh.get("optimizers", {})]
+            continue
+        if old["target"] != fresh["target"]:
+            raise SystemExit(f"--merge: {wname}'s target is {fresh['target']} here but {old['target']} in "
+                             f"{path}: rows measured against different targets cannot be merged; re-run every row")
+        merged[wname] = {**fresh, "optimizers": {**old["optimizers"], **fresh["optimizers"]}}
+        rows += [f"{o} on {wname}" for o in fresh["optimizers"]]
+    rerun = {"command": command, "machine": machine_line(), "rows": rows}
+    earlier = stored.get("reruns", [])
+    return merged, {"command": stored["command"], "machine": stored["machine"],
+                    "wall_seconds": stored.get("wall_seconds", 0), "reruns": [*earlier, rerun]}
+
+
+def write_outputs(results: dict, started: float, command: str, name: str, scratch: Path | None = None,
+                  merge: bool = False) -> None:
     from time_to_target_page import write_page
     from time_to_target_section import section
 
+    stored = {}
+    if merge:
+        results, stored = merge_stored(results, name, command)
     data = summary_json(results, started, command)
+    if stored:
+        data.update(stored, wall_seconds=round(stored["wall_seconds"] + data["wall_seconds"], 1))
     if scratch is not None:
         scratch.mkdir(parents=True, exist_ok=True)
         (scratch / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -94,6 +94,9 @@ def section(data: dict, name: str) -> str:
              "none reached it. Figures: `bench/results/" + name + ".html` (generated, not committed: `python "
              "bench/time_to_target_page.py` writes it from the JSON); every trial: `bench/results/" + name
              + ".json`.", ""]
+    for rerun in data.get("reruns", []):
+        rows = ", ".join(rerun["rows"])
+        lines += [f"Re-run since, the other rows kept: {rows} (`{rerun['command']}`; {rerun['machine']}).", ""]
     for wname, w in data["workloads"].items():
         lines += workload_table(wname, w)
     score = data.get("benchmark_score") or {}

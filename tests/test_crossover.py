@@ -105,3 +105,35 @@ def test_interval_open_at_the_top_when_the_upper_curve_does_not_cross():
                                    [1.0, 1.0, 1.0], [1.0, 3.0, 4.0])
     assert choice.interval[1] == 32.0
     assert choice.interval[0] == pytest.approx(1 + 15 * 1 / (1 + 0.5 - 1 / 3))
+
+
+def test_degenerate_verdict_is_judged_at_the_split_not_the_interpolated_crossing():
+    # gpt-tiny on a CPU: 3% of the factors below the threshold up to 64, 41% at 128. Timing noise
+    # moves the crossing a little past 64, where the interpolated fraction climbs steeply (3.6% in
+    # one run, 5.3% in the other); both runs pick 64, which keeps 3%: both are degenerate.
+    cands, frac = [1, 16, 32, 64, 128, 256], [0.03, 0.03, 0.03, 0.03, 0.41, 0.77]
+    quiet = crossover(cands, frac, [1.0, 0.12, 0.09, 0.0367, 0.0159, 0.009])
+    noisy = crossover(cands, frac, [1.0, 0.12, 0.09, 0.055, 0.0159, 0.009])
+    assert quiet.x == pytest.approx(64 + 64 * 0.0067 / 0.4008) and quiet.y < 0.05
+    assert noisy.x == pytest.approx(64 + 64 * 0.025 / 0.4191) and noisy.y > 0.05
+    for choice in (quiet, noisy):
+        assert choice.split_dim == 64
+        assert choice.warning.startswith("Degenerate crossover at b≈")
+        assert "(loss fraction 3% at split 64)" in choice.warning
+    # The same crossing where 20% of the factors are below the threshold at 64 is kept.
+    kept = crossover(cands, [0.03, 0.03, 0.03, 0.2, 0.41, 0.77], [1.0, 0.12, 0.09, 0.21, 0.0159, 0.009])
+    assert kept.split_dim == 64 and kept.warning is None
+
+
+def test_tie_broken_split_is_judged_for_degeneracy():
+    # The spread spans 64 and 128 and the larger share lies past 96: the tie-break picks 128, which
+    # keeps 41% of the factors, so the median's verdict at 64 (3%) does not carry over.
+    cands, frac = [1, 16, 32, 64, 128, 256], [0.03, 0.03, 0.03, 0.03, 0.41, 0.77]
+    median = [1.0, 0.12, 0.09, 0.35, 0.0159, 0.009]  # crosses at b≈92.7
+    min_s = [1.0, 1 / 0.12, 1 / 0.09, 1 / 0.9, 1 / 0.0159, 1 / 0.009]  # fastest: p_64 up to 0.9 (b≈108)
+    max_s = [1.0, 1 / 0.12, 1 / 0.09, 1 / 0.3, 1 / 0.0159, 1 / 0.009]  # slowest: p_64 down to 0.3 (b≈90)
+    choice = crossover_with_spread(cands, frac, median, min_s, max_s)
+    alone = crossover(cands, frac, median)
+    assert alone.split_dim == 64 and alone.warning is not None
+    assert choice.interval == pytest.approx((64 + 64 * 0.27 / 0.6641, 64 + 64 * 0.87 / 1.2641))
+    assert choice.split_dim == 128 and choice.spans == (64, 128) and choice.warning is None

@@ -97,3 +97,24 @@ def test_reporting_never_trains_a_workload_without_a_target(tiny, tmp_path, monk
     ttt.main(["--report", "--definitions", str(defs), "--storage", storage, "--optimizers", "sgd,thor"])
     assert captured["mlp"]["optimizers"] == {"sgd": {"status": "not run (no trial stored)"},
                                              "thor": {"status": "not run (no trial stored)"}}
+
+
+def test_merge_replaces_the_rows_run_and_keeps_the_others(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("THOR_BENCH_OUT", str(tmp_path))
+    (tmp_path / "results").mkdir()
+    row = {"status": "ok", "seconds": 10.0, "trial_records": [{"wall_seconds": 30.0}]}
+    stored = {"machine": "m0", "command": "first", "wall_seconds": 100.0, "workloads": {
+        "a": {"target": 1.0, "optimizers": {"adamw": row, "thor": {**row, "seconds": 20.0}}},
+        "b": {"target": 2.0, "optimizers": {"adamw": row}}}}
+    (tmp_path / "results" / "ttt.json").write_text(json.dumps(stored))
+    fresh = {"a": {"target": 1.0, "optimizers": {"thor": {**row, "seconds": 5.0}}}}
+    merged, kept = ttt.merge_stored(fresh, "ttt", "again")
+    assert merged["a"]["optimizers"] == {"adamw": row, "thor": {**row, "seconds": 5.0}}
+    assert merged["b"] == stored["workloads"]["b"]
+    assert kept["command"] == "first" and kept["reruns"][0]["rows"] == ["thor on a"]
+    assert kept["reruns"][0]["command"] == "again"
+    different = "a's target is 1.5 here but 1.0 in .*: rows measured against different targets cannot be merged"
+    with pytest.raises(SystemExit, match=different):
+        ttt.merge_stored({"a": {**fresh["a"], "target": 1.5}}, "ttt", "again")
+    with pytest.raises(SystemExit, match="no stored results at .*other.json; run without --merge first"):
+        ttt.merge_stored(fresh, "other", "again")

@@ -46,7 +46,7 @@ def peer_parameters(m: Measurements, target: PlanTarget, block: int) -> list[Par
     return out
 
 
-def crossing_warning(crossing, candidates: list[int]) -> str | None:
+def crossing_warning(crossing, candidates: list[int], frac: list[float]) -> str | None:
     """The crossover rule's warning in a peer's terms (the same cases as THOR's: no crossing, or a
     degenerate one)."""
     advice = "Use '--rule budget --overhead F' to choose by the time you can afford."
@@ -56,9 +56,11 @@ def crossing_warning(crossing, candidates: list[int]) -> str | None:
         return (f"The curves do not cross: refreshing smaller blocks is not cheap enough to meet the loss curve "
                 f"(one matrix at a time, small blocks are many calls), so the block size is the largest candidate, "
                 f"{candidates[-1]}. {advice}")
-    return (f"Degenerate crossover at b≈{crossing.x:.0f} (loss fraction {crossing.y:.0%}): the refresh performance "
-            f"falls below the loss fraction within the smallest block sizes, so the crossing rests on their timings "
-            f"alone. {advice}")
+    block = crossing.split_dim
+    kept = frac[candidates.index(block)]
+    return (f"Degenerate crossover at b≈{crossing.x:.0f} (loss fraction {kept:.0%} at block {block}): the refresh "
+            "performance falls below the loss fraction within the smallest block sizes, so the crossing rests on "
+            f"their timings alone. {advice}")
 
 
 def check_peer_rule(rule, target: PlanTarget) -> None:
@@ -79,7 +81,7 @@ def make_peer_plan(m: Measurements, rule) -> Plan:
                                      [float(v) for v in m.timings["max_s"]], MEASURED)
     step = float(m.meta["step_seconds"])
     rule_info: dict = {"name": rule.name.value, "loss_threshold": rule.loss_threshold, "overhead": rule.overhead}
-    warned = crossing_warning(crossing, cands)
+    warned = crossing_warning(crossing, cands, frac)
     chosen = rule.name.value
     if chosen == "auto":  # the crossing, unless it came with a warning: then the budget rule
         chosen = "budget" if warned is not None else "crossover"

@@ -95,13 +95,24 @@ def crossover(candidates: Sequence[int], loss_frac: Sequence[float], perf: Seque
         x = b0 + t * (b1 - b0)
         y = loss_frac[i - 1] + t * (loss_frac[i] - loss_frac[i - 1])
     split = min(candidates, key=lambda b: (abs(b - x), b))
-    warning = None
+    return Choice(split, x, y, degenerate_warning(candidates, loss_frac, split, x, advice))
+
+
+def degenerate_warning(candidates: Sequence[int], loss_frac: Sequence[float], split: int, x: float,
+                       advice: Advice) -> str | None:
+    """The warning for a crossing that keeps almost no curvature information: the curves meet
+    before the second candidate (performance relative to a nearly free first one), or under
+    ``DEGENERATE_LOSS_FRACTION`` of the factors lose less than the threshold at the split it picks.
+    The fraction is judged at the split (a measured point), not at the interpolated crossing, where
+    timing noise moving x a little along a steep loss curve would flip the verdict, and the rule
+    ``auto`` with it."""
+    kept = loss_frac[candidates.index(split)]
     at_start = len(candidates) < 2 or x <= candidates[1]
-    if at_start or y < DEGENERATE_LOSS_FRACTION:
-        warning = (f"Degenerate crossover at b≈{x:.0f} (loss fraction {y:.0%}): inverting small blocks "
-                   "is so cheap on this device that the performance curve collapses before the loss "
-                   f"curve rises, so the crossover keeps almost no curvature information. {advice.degenerate}")
-    return Choice(split, x, y, warning)
+    if not at_start and kept >= DEGENERATE_LOSS_FRACTION:
+        return None
+    return (f"Degenerate crossover at b≈{x:.0f} (loss fraction {kept:.0%} at split {split}): inverting "
+            "small blocks is so cheap on this device that the performance curve collapses before the loss curve "
+            f"rises, so the crossover keeps almost no curvature information. {advice.degenerate}")
 
 
 def budget(
@@ -177,4 +188,5 @@ def crossover_with_spread(candidates: Sequence[int], loss_frac: Sequence[float],
     held = shares[split] / (high - low) if high > low else 1.0
     note = (f"the interval b≈{low:.0f}–{high:.0f} spans candidates {', '.join(map(str, spans))}: "
             f"{split} holds the largest share of it ({held:.0%})")
-    return replace(median, split_dim=split, interval=(low, high), spans=spans, tie_break=note)
+    return replace(median, split_dim=split, interval=(low, high), spans=spans, tie_break=note,
+                   warning=degenerate_warning(candidates, loss_frac, split, median.x, advice))
