@@ -543,9 +543,12 @@ def test_another_models_state_is_refused_at_load() -> None:
         THOR(other, split=4, lr=0.1).load_state_dict(sgd.state_dict())
 
 
-def test_a_version_1_checkpoint_resumes_bitwise() -> None:
+def test_a_version_1_checkpoint_resumes() -> None:
     """``tests/data/thor_v1_checkpoint.pt``: 5 steps of ``_resume_setup`` saved by the code before
-    checkpoints had a version (per layer ``a``, ``a_blocks``, ``inv_step``, …)."""
+    checkpoints had a version (per layer ``a``, ``a_blocks``, ``inv_step``, …). The 5 steps replayed
+    here match the stored ones only to the last bit of float32 on another CPU (its kernels round
+    differently), so the resumed run is compared to 1e-5 (1e-7 absolute), far below what a state loaded wrongly
+    (no inverses, reset moments, another step count) would move."""
     from pathlib import Path
 
     ckpt = torch.load(Path(__file__).parent / "data" / "thor_v1_checkpoint.pt")
@@ -559,4 +562,5 @@ def test_a_version_1_checkpoint_resumes_bitwise() -> None:
     opt = make(resumed)
     opt.load_state_dict(ckpt["opt"])
     train(resumed, opt, data[5:])
-    assert_params(model, resumed, exact=True)
+    for (name, p), q in zip(model.named_parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=name)
