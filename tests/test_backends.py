@@ -23,7 +23,8 @@ CPU_BACKENDS = [n for n in sorted(BACKENDS) if n != "cupy"]  # cupy takes CUDA t
 
 
 def reference_inverse(blocks: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.inv(blocks.double())
+    """float64 inverses one block at a time (torch's batched CPU LU can hang after set_num_threads)."""
+    return torch.stack([torch.linalg.inv(b.double()) for b in blocks])
 
 
 def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -261,3 +262,19 @@ def test_cupy_backend_is_zero_copy_on_torchs_current_stream(monkeypatch) -> None
     assert seen == [(side.cuda_stream, work.data_ptr())]  # torch's current stream, torch's memory
     assert inv.device.type == "cuda" and bool(ok.all())
     assert relative_error(inv, reference_inverse(blocks)) <= ACCURACY_TOLERANCE
+
+
+def test_lu_backend_and_accuracy_reference_survive_set_num_threads() -> None:
+    """After ``torch.set_num_threads(2)`` torch's batched CPU LU of blocks above 14 can fail in MKL
+    and hang on Intel CPUs (pytorch/pytorch#141358): the torch-inv backend and the accuracy check's
+    float64 reference must neither hang nor lose accuracy there (a fresh process, as a user's script)."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(2)\n"
+            "from thor_planner.inversion.accuracy import accuracy_blocks, backend_error\n"
+            "print(max(backend_error('torch-inv', accuracy_blocks(s, count=4)) for s in (256, 512)))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert "DLASWP" not in proc.stderr
+    assert float(proc.stdout) <= ACCURACY_TOLERANCE

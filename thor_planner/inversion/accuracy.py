@@ -49,11 +49,17 @@ def accuracy_blocks(size: int, *, count: int = ACCURACY_BLOCKS, condition: float
     return _spd_blocks64(size, count, float(condition), seed).to(device=device, dtype=torch.float32)
 
 
+def spd_inverse64(blocks: torch.Tensor) -> torch.Tensor:
+    """The float64 inverse of symmetric positive definite ``blocks`` by Cholesky (not LU: batched
+    LU on the CPU after ``torch.set_num_threads`` can hang with MKL, :mod:`.backends`)."""
+    return torch.cholesky_inverse(torch.linalg.cholesky(blocks.double()))
+
+
 def backend_error(name: str, blocks: torch.Tensor) -> float:
     """Largest relative error ``‖X − A⁻¹‖_F/‖A⁻¹‖_F`` of backend ``name`` on float32 ``blocks``
     against the float64 inverse of the same values (``inf`` when not finite)."""
     inv, _ = get_backend(name)(blocks)
-    ref = torch.linalg.inv(blocks.double())
+    ref = spd_inverse64(blocks)
     err = torch.linalg.matrix_norm(inv.double() - ref) / torch.linalg.matrix_norm(ref)
     worst = float(err.max())
     return worst if math.isfinite(worst) else math.inf

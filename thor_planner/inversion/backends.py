@@ -72,9 +72,19 @@ def cholesky_solve_inverse(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return inv, (info == 0) & _finite(inv)
 
 
+#: above this size torch's batched CPU LU factors the blocks of a batch on several threads at once,
+#: each calling MKL's ``getrf``; after ``torch.set_num_threads`` (any count above 1) that can fail
+#: ("Parameter 6 was incorrect on entry to DLASWP") and hang on Intel CPUs (pytorch/pytorch#141358)
+LU_THREADED_SIZE = 14
+
+
 def lu_inverse(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.linalg.inv_ex`` (LU with partial pivoting)."""
-    inv, info = torch.linalg.inv_ex(stack)
+    """``torch.linalg.inv_ex`` (LU with partial pivoting); on the CPU, blocks above
+    :data:`LU_THREADED_SIZE` one at a time (each still uses MKL's own threads)."""
+    if stack.device.type == "cpu" and stack.shape[0] > 1 and stack.shape[-1] > LU_THREADED_SIZE:
+        inv, info = (torch.stack(t) for t in zip(*(torch.linalg.inv_ex(m) for m in stack)))
+    else:
+        inv, info = torch.linalg.inv_ex(stack)
     return inv, (info == 0) & _finite(inv)
 
 
