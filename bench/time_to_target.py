@@ -33,7 +33,8 @@ performance profile, validation metric against wall time of each optimizer's bes
 self-contained; git ignores it: ``python bench/time_to_target_page.py`` renders it from the JSON).
 ``--merge`` re-runs only the rows named by ``--workloads``/``--optimizers`` (in a storage of their
 own) and keeps every other row as the stored JSON has it; the rows re-run and their command are
-listed in the JSON's ``reruns`` and in the section (:func:`merge_stored`).
+listed in the JSON's ``reruns`` and in the section (:func:`merge_stored`). It refuses, before any
+trial runs, where the stored rows were measured on another machine (``machine`` differs).
 """
 
 from __future__ import annotations
@@ -392,6 +393,9 @@ def main(argv: list[str] | None = None) -> None:
     (BENCH / "results").mkdir(exist_ok=True)
     workloads = load_workloads(args.gpu)
     chosen = [workloads[w] for w in (args.workloads or workloads)]
+    name = args.name or ("time_to_target_gpu" if args.gpu else "time_to_target")
+    if args.merge:
+        merge_stored({}, name, command)  # refuses before any trial runs (no stored JSON, another machine)
     started = time.time()
     results = {}
     for workload in chosen:
@@ -401,8 +405,7 @@ def main(argv: list[str] | None = None) -> None:
                 results[workload.name] = {"status": "not run (no target set yet)", "spec": workload.spec}
                 continue
         results[workload.name] = run_workload(workload, args, command)
-    write_outputs(results, started, command, args.name or ("time_to_target_gpu" if args.gpu else "time_to_target"),
-                  args.scratch, args.merge)
+    write_outputs(results, started, command, name, args.scratch, args.merge)
 
 
 def merge_stored(results: dict, name: str, command: str) -> tuple[dict, dict]:
@@ -413,6 +416,9 @@ def merge_stored(results: dict, name: str, command: str) -> tuple[dict, dict]:
     if not path.exists():
         raise SystemExit(f"--merge: no stored results at {path}; run without --merge first")
     stored = json.loads(path.read_text())
+    if stored.get("machine") != machine_line():
+        raise SystemExit(f"--merge: the stored rows were measured on '{stored.get('machine')}', this is "
+                         f"'{machine_line()}': times from two machines cannot share a table; re-run every row here")
     merged = dict(stored["workloads"])
     rows = []
     for wname, fresh in results.items():

@@ -103,7 +103,7 @@ def test_merge_replaces_the_rows_run_and_keeps_the_others(tmp_path, monkeypatch)
     monkeypatch.setenv("THOR_BENCH_OUT", str(tmp_path))
     (tmp_path / "results").mkdir()
     row = {"status": "ok", "seconds": 10.0, "trial_records": [{"wall_seconds": 30.0}]}
-    stored = {"machine": "m0", "command": "first", "wall_seconds": 100.0, "workloads": {
+    stored = {"machine": ttt.machine_line(), "command": "first", "wall_seconds": 100.0, "workloads": {
         "a": {"target": 1.0, "optimizers": {"adamw": row, "thor": {**row, "seconds": 20.0}}},
         "b": {"target": 2.0, "optimizers": {"adamw": row}}}}
     (tmp_path / "results" / "ttt.json").write_text(json.dumps(stored))
@@ -118,3 +118,8 @@ def test_merge_replaces_the_rows_run_and_keeps_the_others(tmp_path, monkeypatch)
         ttt.merge_stored({"a": {**fresh["a"], "target": 1.5}}, "ttt", "again")
     with pytest.raises(SystemExit, match="no stored results at .*other.json; run without --merge first"):
         ttt.merge_stored(fresh, "other", "again")
+    (tmp_path / "results" / "ttt.json").write_text(json.dumps({**stored, "machine": "AMD EPYC, 2 torch threads"}))
+    elsewhere = ("stored rows were measured on 'AMD EPYC, 2 torch threads', this is .*: times from two machines "
+                 "cannot share a table; re-run every row here")
+    with pytest.raises(SystemExit, match=elsewhere):
+        ttt.merge_stored(fresh, "ttt", "again")
