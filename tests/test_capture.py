@@ -88,3 +88,15 @@ def test_hooks_are_idle_in_eval_mode_or_when_inactive():
     model.eval()
     model(torch.randn(4, 3)).sum().backward()
     assert collector.factors() == ({}, {})
+
+
+def test_captured_rows_are_one_batchs_gram_rows():
+    """Per layer, the rows one batch gives A's and G's Grams (what a training step's capture costs):
+    a convolution's N·oh·ow positions (9×9 at stride 2, padding 1 → 5×5; then a 2×2 kernel at
+    dilation 2 → 3×3), a Linear's batch rows (each position of a sequence a row); the mean over batches."""
+    batches = [(torch.randn(3, 2, 9, 9), torch.tensor([0, 3, 1])), (torch.randn(3, 2, 9, 9), torch.tensor([1, 1, 2]))]
+    captured = capture_factors(TinyConvNet(), batches, fisher="empirical")
+    assert captured.rows == {"conv": (3 * 25, 3 * 25), "conv2": (3 * 9, 3 * 9), "fc": (3, 3)}
+    seq = capture_factors(nn.Sequential(nn.Linear(6, 4), nn.Flatten(), nn.Linear(20, 3)),
+                          [(torch.randn(2, 5, 6), torch.tensor([0, 1]))], fisher="empirical")
+    assert seq.rows == {"0": (10, 10), "2": (2, 2)}

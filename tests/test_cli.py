@@ -19,7 +19,7 @@ from thor_planner import __version__
 from thor_planner.inversion.backends import BACKENDS
 from thor_planner.planning.measurements import Measurements
 from thor_planner.inputs.models import load_model
-from thor_planner.planning.plan import Plan
+from thor_planner.planning.plan import Plan, Schedule
 from thor_planner.report.html import build_report
 
 OUTPUTS = {"plan.json", "report.html", "losses.csv", "timings.csv"}
@@ -109,9 +109,10 @@ def test_plan_from_replans_without_measuring(profile_copy: Path, monkeypatch: py
     assert plan.rule["name"] == "budget"
     assert plan.rule["overhead"] == 0.05 and plan.rule["interval"] == 100
     assert plan.rule["step_seconds"] == m.meta["step_seconds"]
-    allowed = 0.05 * m.meta["step_seconds"] * 100
-    fits = [b for b, s in zip(m.candidates, m.seconds) if s <= allowed]
-    assert plan.split_dim == (max(fits) if fits else m.candidates[0])
+    every = Schedule().factor_every  # per step: refresh / 100 steps + application + capture / factor_every
+    costs = [s / 100 + a + c / every for s, (a, c) in zip(m.seconds, m.step_costs)]
+    fits = [b for b, c in zip(m.candidates, costs) if c <= 0.05 * m.meta["step_seconds"]]
+    assert plan.split_dim == (max(fits) if fits else m.candidates[costs.index(min(costs))])
     for name, content in csvs.items():
         assert (profile_copy / name).read_bytes() == content, f"{name} was rewritten"
     new_report = (profile_copy / "report.html").read_text()

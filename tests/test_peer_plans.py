@@ -325,7 +325,7 @@ def test_block_size_and_interval_rules() -> None:
     assert (budget.block_size, budget.refresh_interval) == (256, 80)
     tight = make_plan(m, RuleConfig(name=Rule.budget, interval=10))  # 0.05 s: none fits
     assert (tight.block_size, tight.refresh_interval) == (64, 20)
-    assert tight.crossover.warning.startswith("No candidate fits the budget: even b=64 takes 0.1 s per refresh")
+    assert tight.crossover.warning.startswith("No candidate fits the budget: even b=64, the cheapest, takes 0.1 s per refresh")
     flat = make_plan(measured([0.1, 0.1, 0.1, 0.1]), RuleConfig(name=Rule.crossover))
     assert flat.block_size == 512 and flat.crossover.warning.startswith(
         "The curves do not cross: refreshing smaller blocks is not cheap enough to meet the loss curve")

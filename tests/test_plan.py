@@ -104,11 +104,49 @@ def test_make_plan_crossover(plan: Plan) -> None:
     assert plan.model["name"] == "cnn" and plan.capture["batch_size"] == 16
 
 
+def with_step_costs(m: Measurements, apply_s: list[float], capture_s: list[float]) -> Measurements:
+    m.timings = m.timings.assign(apply_s=apply_s, capture_s=capture_s)
+    return m
+
+
+def test_the_budget_counts_the_measured_per_step_work() -> None:
+    """Allowed per step: 0.05 × 0.002 s = 100 µs. Refresh / 10 steps: 10, 30, 50, 80, 120 µs; per-step
+    work apply + capture / factor_every (5): 10+10, 20+10, 40+20, 60+20, 80+40 µs. Totals 30, 60, 110,
+    160, 240 µs: b=16 fits, 32 no longer does (the refresh alone allowed 64)."""
+    m = with_step_costs(small_measurements(), [1e-5, 2e-5, 4e-5, 6e-5, 8e-5], [5e-5, 5e-5, 1e-4, 1e-4, 2e-4])
+    p = make_plan(m, RuleConfig(name=Rule.budget, overhead=0.05, interval=10), Schedule(factor_every=5))
+    assert p.split_dim == 16 and p.rule["counts"] == "refresh / interval + per-step work"
+    assert p.curves["per_step_seconds"] == pytest.approx([2e-5, 3e-5, 6e-5, 8e-5, 1.2e-4])
+    tight = make_plan(m, RuleConfig(name=Rule.budget, overhead=0.005, interval=10), Schedule(factor_every=5))
+    assert tight.crossover.warning == ("No candidate fits the budget: even b=1, the cheapest, costs 3e-05 s per "
+                                       "step (refresh 0.0001 s / 10 steps + 2e-05 s of per-step work), over 0.005 × "
+                                       "0.002 s. Raise --overhead or --interval.")
+    # none fits and split 1's per-step work is dearer than 16's (diagonal blocks one by one): the cheapest
+    m = with_step_costs(small_measurements(), [9e-5, 2e-5, 4e-5, 6e-5, 8e-5], [5e-5, 5e-5, 1e-4, 1e-4, 2e-4])
+    cheapest = make_plan(m, RuleConfig(name=Rule.budget, overhead=0.005, interval=10), Schedule(factor_every=5))
+    assert cheapest.split_dim == 16 and "even b=16, the cheapest, costs 6e-05 s per step" in cheapest.crossover.warning
+
+
+def test_per_step_costs_survive_the_csv_and_an_older_profile_has_none(tmp_path) -> None:
+    m = with_step_costs(small_measurements(), [1e-5] * 5, [2e-5] * 5)
+    (tmp_path / "new").mkdir(), (tmp_path / "old").mkdir()
+    m.save(tmp_path / "new")
+    assert Measurements.load(tmp_path / "new").step_costs == [(1e-5, 2e-5)] * 5
+    small_measurements().save(tmp_path / "old")
+    old = Measurements.load(tmp_path / "old")
+    assert old.step_costs is None and "per_step_seconds" not in make_plan(old).curves
+    text = (tmp_path / "new" / "timings.csv").read_text().replace("1e-05,2e-05,inverse", ",2e-05,inverse", 1)
+    (tmp_path / "new" / "timings.csv").write_text(text)
+    with pytest.raises(UserError, match="^'.*timings.csv' needs positive apply_s and capture_s on every row of the "
+                                        "plan's family, or neither: re-create it with 'thor-plan profile'$"):
+        Measurements.load(tmp_path / "new")
+
+
 def test_make_plan_budget() -> None:
     # allowed per refresh: 0.05 overhead × 0.002 s step × 10 steps = 1 ms → b=64 (0.8 ms) fits, 128 not
     p = make_plan(small_measurements(), RuleConfig(name=Rule.budget, overhead=0.05, interval=10))
     assert p.rule == {"name": "budget", "loss_threshold": 0.01, "overhead": 0.05, "interval": 10,
-                      "step_seconds": 0.002}
+                      "step_seconds": 0.002, "counts": "refresh / interval"}
     assert p.split_dim == 64 and p.crossover.warning is None
     # the curves' crossing is still described (as under the crossover rule), apart from the rule's choice
     assert p.crossover.x == pytest.approx(1 + 15 / (1 + 3 / 8 - 1 / 3))

@@ -52,6 +52,7 @@ class FactorCollector:
         self._a_sum: dict[str, torch.Tensor] = {}
         self._g_sum: dict[str, torch.Tensor] = {}
         self._a_rows: dict[str, int] = {}
+        self._g_rows: dict[str, int] = {}
         self._g_samples: dict[str, int] = {}
         self._handles = []
         for spec in self.specs:
@@ -60,7 +61,7 @@ class FactorCollector:
         self.reset()
 
     def reset(self) -> None:
-        self._a_sum.clear(), self._g_sum.clear(), self._a_rows.clear(), self._g_samples.clear()
+        self._a_sum.clear(), self._g_sum.clear(), self._a_rows.clear(), self._g_rows.clear(), self._g_samples.clear()
 
     def remove(self) -> None:
         for h in self._handles:
@@ -87,6 +88,7 @@ class FactorCollector:
                 self._a_rows[name] = self._a_rows.get(name, 0) + rows.shape[0]
                 g_rows = kind.grad_rows(module, grad.detach().to(self.dtype))
                 self._add(self._g_sum, name, self._gram(name, "g", g_rows) * float(samples * samples))
+                self._g_rows[name] = self._g_rows.get(name, 0) + g_rows.shape[0]
                 self._g_samples[name] = self._g_samples.get(name, 0) + samples
 
         return hook
@@ -111,6 +113,10 @@ class FactorCollector:
         """Per layer, the ``N`` of its G since the last reset (summed over forward/backward pairs)."""
         return dict(self._g_samples)
 
+    def rows(self) -> dict[str, tuple[int, int]]:
+        """Per layer, the rows of its A and G Grams since the last reset (summed over calls)."""
+        return {n: (r, self._g_rows[n]) for n, r in self._a_rows.items()}
+
     def factors(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """``(A, G)`` per layer name for the layers seen since the last reset."""
         a = {n: s / self._a_rows[n] for n, s in self._a_sum.items()}
@@ -127,6 +133,8 @@ class CapturedFactors:
     g: dict[str, torch.Tensor]
     skipped: list[dict] = field(default_factory=list)
     fisher: str = "sampled"
+    #: per layer, the rows one batch gave its A and G Grams (what a training step's capture multiplies)
+    rows: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def named_factors(self) -> list[tuple[str, str, torch.Tensor]]:
         """``(layer, "a"|"g", factor)`` for every factor, layer by layer."""
@@ -175,14 +183,17 @@ def capture_factors(
     generator = torch.Generator().manual_seed(seed)
     collector = FactorCollector(model, specs)
     collector.active = True
+    count = 0
     try:
         for inputs, labels in batches:
+            count += 1
             logits = model(inputs.to(device))
             fisher_loss(logits, labels, fisher, generator).backward()
             model.zero_grad(set_to_none=True)
             if progress is not None:
                 progress()
         a, g = collector.factors()
+        rows = {n: (ra // max(count, 1), rg // max(count, 1)) for n, (ra, rg) in collector.rows().items()}
     finally:
         collector.remove()
         model.train(was_training)
@@ -194,4 +205,4 @@ def capture_factors(
                 for s in specs if s not in used]
     if not used:
         raise ValueError("No Conv2d or Linear layer received a gradient: check the model's output")
-    return CapturedFactors(used, a, g, skipped, fisher)
+    return CapturedFactors(used, a, g, skipped, fisher, {s.name: rows[s.name] for s in used})

@@ -109,9 +109,11 @@ def _summarise(plan: Plan, out: Path | None = None, plan_path: Path | None = Non
     console.print(f"[bold]Global split {co.split_dim}[/] ({how}) for {len(plan.layers)} layers"
                   + (f", {len(plan.skipped)} skipped" if plan.skipped else ""))
     if plan.rule.get("chose") == "budget":
+        work = " plus its per-step work" if "per_step_seconds" in plan.curves else ""
         console.print(escape(f"Note: {plan.rule['because']}: planned by the budget rule instead (the largest split "
-                             f"whose refresh over {plan.rule['interval']} steps stays under {plan.rule['overhead']:.0%} "
-                             "of the steps' time; --rule crossover keeps the crossing)."), highlight=False)
+                             f"whose refresh over {plan.rule['interval']} steps{work} stays under "
+                             f"{plan.rule['overhead']:.0%} of the steps' time; --rule crossover keeps the crossing)."),
+                      highlight=False)
     if co.tie_break:
         console.print(escape(f"Note: {co.tie_break}."), highlight=False)
     if co.warning:
@@ -165,9 +167,9 @@ def _offline_target(path: Path | None, rule: Rule):
 
 
 ThresholdOpt = typer.Option(0.01, "--threshold", help="Information-loss threshold (fraction; 0.01 = 1%).")
-OverheadOpt = typer.Option(0.05, "--overhead", help="budget rule: allowed inversion time per step, as a fraction of one training step.")
+OverheadOpt = typer.Option(0.05, "--overhead", help="budget rule: allowed preconditioner time per step (refresh amortized plus per-step work), as a fraction of one training step.")
 IntervalOpt = typer.Option(100, "--interval", help="budget rule: steps between inverse refreshes to amortize over.")
-RuleOpt = typer.Option(Rule.auto, "--rule", help="How to pick the global split: crossover (THOR's rule: where the loss and performance curves meet), budget (the largest split whose refresh, amortized over --interval steps, stays under --overhead of a training step) or auto (crossover, unless it is degenerate or missing and a training step was timed here: then budget).")
+RuleOpt = typer.Option(Rule.auto, "--rule", help="How to pick the global split: crossover (THOR's rule: where the loss and performance curves meet), budget (the largest split whose refresh, amortized over --interval steps, plus its per-step work stays under --overhead of a training step) or auto (crossover, unless it is degenerate or missing and a training step was timed here: then budget).")
 WorldSizeOpt = typer.Option(1, "--world-size", help="Data-parallel ranks the plan is for: the rules use one rank's share of the inversions.")
 FsdpOpt = typer.Option(1, "--fsdp", help="Plan for a model sharded with FSDP2 (fully_shard) over N ranks: every G split tiles the N shards of its layer's rows (the plan lists the splits this changed and their loss).")
 

@@ -5,8 +5,10 @@ profile made for a peer optimizer (the header's ``optimizer``, ``"thor"`` when a
 parameter (``parameter, shape``, the shape as ``128x384``).
 ``timings.csv``: one row per candidate (median, min, max seconds, repeats, blocks, GFLOP,
 predicted) of the refresh of the preconditioner family the plan is made for (``meta["family"]``,
-``inverse`` when absent), then the rows of any family timed for comparison, each row naming its
-``family``; its first line is ``# thor-plan {json}`` with the provenance (model, device, capture,
+``inverse`` when absent), with that family's per-step costs at the candidate when they were measured
+(``apply_s``: one step's directions; ``capture_s``: one factor step's Grams;
+:mod:`thor_planner.profiling.step_cost`), then the rows of any family timed for comparison, each row
+naming its ``family``; its first line is ``# thor-plan {json}`` with the provenance (model, device, capture,
 the family, the measured training-step time and the skipped layers), which pandas skips as a comment.
 """
 
@@ -29,6 +31,7 @@ TIMINGS_CSV = "timings.csv"
 META_PREFIX = "# thor-plan "
 LOSS_COLUMNS = ["layer", "kind", "factor", "dim"]
 TIMING_COLUMNS = ["candidate", "median_s", "min_s", "max_s", "repeats", "blocks", "gflop", "predicted"]
+STEP_COST_COLUMNS = ["apply_s", "capture_s"]  # optional: absent in predicted and older profiles
 PEER_LOSS_COLUMNS = ["parameter", "shape"]
 META_OBJECTS = ("model", "device", "capture")  # provenance objects the timings.csv header must hold
 
@@ -116,6 +119,13 @@ class Measurements:
         return [float(s) for s in self.timings["median_s"]]
 
     @property
+    def step_costs(self) -> list[tuple[float, float]] | None:
+        """Per candidate, ``(apply_s, capture_s)`` of the plan's family; ``None`` where not measured."""
+        if any(c not in self.timings.columns for c in STEP_COST_COLUMNS):
+            return None
+        return [(float(a), float(c)) for a, c in zip(self.timings["apply_s"], self.timings["capture_s"])]
+
+    @property
     def optimizer(self) -> str:
         """The optimizer the measurements were made for (a key of :data:`thor_planner.targets.TARGETS`)."""
         return str(self.meta.get("optimizer", "thor"))
@@ -124,7 +134,9 @@ class Measurements:
         """The two files' contents (rendered before anything is written)."""
         losses = self.losses.to_csv(index=False, float_format="%.6g")
         timings = META_PREFIX + json.dumps(self.meta, sort_keys=True) + "\n"
-        timings += self.all_timings()[TIMING_COLUMNS + ["family"]].to_csv(index=False, float_format="%.6g")
+        every = self.all_timings()
+        columns = TIMING_COLUMNS + [c for c in STEP_COST_COLUMNS if c in every.columns] + ["family"]
+        timings += every[columns].to_csv(index=False, float_format="%.6g")
         return {LOSSES_CSV: losses, TIMINGS_CSV: timings}
 
     def save(self, folder: str | Path) -> None:
@@ -170,8 +182,24 @@ class Measurements:
         numeric = losses[cands].apply(pd.to_numeric, errors="coerce")
         if numeric.isna().any().any() or ((numeric < 0) | (numeric > 1)).any().any():
             raise UserError(f"'{folder / LOSSES_CSV}' holds losses outside [0, 1]: re-run 'thor-plan profile'")
+        timings = _checked_step_costs(paths[TIMINGS_CSV], timings)
         timings["predicted"] = timings["predicted"].astype(bool)
         return cls(losses=losses, timings=timings, meta=meta, compared=compared)
+
+
+def _checked_step_costs(path: Path, timings: pd.DataFrame) -> pd.DataFrame:
+    """The plan family's per-step costs: positive on every row, or dropped where no row has them."""
+    present = [c for c in STEP_COST_COLUMNS if c in timings.columns]
+    if not present:
+        return timings
+    values = timings[present].apply(pd.to_numeric, errors="coerce")
+    if len(present) == len(STEP_COST_COLUMNS) and (values > 0).all().all():
+        timings[present] = values
+        return timings
+    if values.isna().all().all():
+        return timings.drop(columns=present)
+    raise UserError(f"'{path}' needs positive {' and '.join(STEP_COST_COLUMNS)} on every row of the plan's family, "
+                    "or neither: re-create it with 'thor-plan profile'")
 
 
 def _read(folder: Path, paths: dict[str, Path]) -> tuple[dict, pd.DataFrame, pd.DataFrame]:

@@ -37,7 +37,9 @@ from thor_planner.planning.plan import Crossover, LayerPlan, Plan, Schedule
 
 class Rule(str, Enum):
     """``crossover``: THOR's rule, where the curves meet; ``budget``: the largest split whose refresh,
-    amortized over ``interval`` steps, stays under ``overhead`` × one training step; ``auto``: the
+    amortized over ``interval`` steps, plus its per-step work (where the profile measured it: the
+    blocks applied every step, captured every ``factor_every`` steps) stays under ``overhead`` × one
+    training step; ``auto``: the
     crossover, unless it is degenerate or missing (on CPUs, where small blocks invert almost for free)
     and a training step was measured, then the budget rule."""
 
@@ -173,6 +175,8 @@ def make_plan(m: Measurements, rule: RuleConfig = RuleConfig(), schedule: Schedu
 
         return make_peer_plan(m, rule)
     cands, seconds = m.candidates, m.seconds
+    costs = m.step_costs
+    per_step = [a + c / schedule.factor_every for a, c in costs] if costs is not None else None
     shares = per_rank_shares(m, rule.world_size, rule.fsdp)
     per_rank = [s * f for s, f in zip(seconds, shares)]
     frac = loss_fraction(m.losses, cands, rule.loss_threshold)
@@ -186,12 +190,16 @@ def make_plan(m: Measurements, rule: RuleConfig = RuleConfig(), schedule: Schedu
         choice = crossing
     else:
         step = float(m.meta["step_seconds"])
-        choice = budget(cands, per_rank, step_seconds=step, overhead=rule.overhead, interval=rule.interval)
-        budget_info = {"overhead": rule.overhead, "interval": rule.interval, "step_seconds": step}
+        choice = budget(cands, per_rank, step_seconds=step, overhead=rule.overhead, interval=rule.interval,
+                        per_step=per_step)
+        budget_info = {"overhead": rule.overhead, "interval": rule.interval, "step_seconds": step,
+                       "counts": "refresh / interval + per-step work" if per_step is not None else "refresh / interval"}
         if rule.name is Rule.auto:
             budget_info.update(chose="budget", because=crossing.warning.split(":")[0])
     layers = _layer_plans(m, cands, choice.split_dim, rule, schedule)
     per_rank_curve = {"inversion_seconds_per_rank": per_rank} if rule.world_size > 1 or rule.fsdp > 1 else {}
+    if per_step is not None:
+        per_rank_curve["per_step_seconds"] = per_step
     return Plan(
         tool_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

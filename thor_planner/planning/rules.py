@@ -3,8 +3,10 @@
 ``crossover`` (THOR's rule): the loss-fraction curve (fraction of factors whose information loss is
 below the threshold; rises with b) meets the normalized-performance curve (p_1/p_b; falls with b).
 x is linear in b, the crossing is interpolated linearly between candidates and snapped to the
-nearest candidate. ``budget``: the largest candidate whose inversion time, amortized over the
-update interval, stays under a fraction of one training step. ``refresh_interval``: the same budget
+nearest candidate. ``budget``: the largest candidate whose preconditioner costs per training step,
+its refresh amortized over the update interval plus, where measured, the per-step work that grows
+with the split (applying the blocks every step, capturing them every factor step), stay under a
+fraction of one training step. ``refresh_interval``: the same budget
 solved for the interval at a given refresh time (the plans for Distributed Shampoo and SOAP).
 
 **Uncertainty.** Each candidate's inversion time was measured several times (min and max kept).
@@ -116,17 +118,25 @@ def degenerate_warning(candidates: Sequence[int], loss_frac: Sequence[float], sp
 
 
 def budget(
-    candidates: Sequence[int], seconds: Sequence[float], *, step_seconds: float, overhead: float, interval: int
+    candidates: Sequence[int], seconds: Sequence[float], *, step_seconds: float, overhead: float, interval: int,
+    per_step: Sequence[float] | None = None,
 ) -> Choice:
-    """The largest candidate whose inversion time / interval ≤ overhead × step_seconds."""
-    allowed = overhead * step_seconds * interval
-    fits = [b for b, s in zip(candidates, seconds) if s <= allowed]
-    if not fits:
-        return Choice(candidates[0], None, None,
-                      f"No candidate fits the budget: even b={candidates[0]} takes {seconds[0]:.3g} s per "
-                      f"refresh, over {overhead:g} × {step_seconds:.3g} s × {interval} steps. "
-                      "Raise --overhead or --interval.")
-    return Choice(max(fits))
+    """The largest candidate whose cost per step, ``seconds / interval + per_step``, is at most
+    ``overhead × step_seconds`` (``per_step``: each candidate's per-step seconds, 0 when not given);
+    when none is, the cheapest, with a warning."""
+    extra = list(per_step) if per_step is not None else [0.0] * len(candidates)
+    costs = [s / interval + e for s, e in zip(seconds, extra)]
+    allowed = overhead * step_seconds
+    fits = [b for b, c in zip(candidates, costs) if c <= allowed]
+    if fits:
+        return Choice(max(fits))
+    i = min(range(len(costs)), key=lambda k: (costs[k], k))  # per-step work need not grow from the first
+    what = (f"costs {costs[i]:.3g} s per step (refresh {seconds[i]:.3g} s / {interval} steps + "
+            f"{extra[i]:.3g} s of per-step work)" if per_step is not None
+            else f"takes {seconds[i]:.3g} s per refresh, {costs[i]:.3g} s per step over {interval} steps")
+    return Choice(candidates[i], None, None,
+                  f"No candidate fits the budget: even b={candidates[i]}, the cheapest, {what}, over {overhead:g} × "
+                  f"{step_seconds:.3g} s. Raise --overhead or --interval.")
 
 
 def refresh_interval(refresh_seconds: float, *, step_seconds: float, overhead: float) -> int:

@@ -28,6 +28,7 @@ from thor_planner.timing.prediction import predict_candidates, predicted_device_
 from thor_planner.timing.candidates import time_candidates, time_training_step
 from thor_planner.timing.device import device_info, resolve_device
 from thor_planner.profiling.peer_profile import run_peer_profile
+from thor_planner.profiling.step_cost import LayerShapes, step_cost_config, time_step_costs
 from thor_planner.profiling.common import ProfileConfig, load_inputs, provenance_meta  # noqa: F401 (ProfileConfig: API)
 
 def default_candidates(max_dim: int, max_split: int = 2048) -> list[int]:
@@ -130,14 +131,16 @@ def _predicted(cfg: ProfileConfig, dims: list[int], candidates: list[int], profi
     return rows, section
 
 
-def _timings(cfg: ProfileConfig, factors: list[torch.Tensor], candidates: list[int], model: torch.nn.Module,
+def _timings(cfg: ProfileConfig, captured: CapturedFactors, candidates: list[int], model: torch.nn.Module,
              batch, device: torch.device, profile, monitor: BusyMonitor, progress: Progress):
-    """``({family: timing rows}, device section, training-step seconds)``: predicted from a device
-    profile, or measured here (accuracy-checked inversion backends where a family uses them, each
-    family's batched refresh per candidate, one training step)."""
+    """``({family: timing rows}, device section, training-step seconds, per-step costs)``: predicted
+    from a device profile (no per-step costs), or measured here (accuracy-checked inversion backends
+    where a family uses them, each family's batched refresh per candidate, the plan family's per-step
+    costs per candidate, one training step)."""
+    factors = [f for *_, f in captured.named_factors()]
     dims = [f.shape[0] for f in factors]
     if profile is not None:
-        return *_predicted(cfg, dims, candidates, profile, device), []
+        return *_predicted(cfg, dims, candidates, profile, device), [], None
     backend = cfg.backend or default_backend(device.type)
     info = device_info(device, backend)
     families = [family_class(name) for name in cfg.family]
@@ -156,13 +159,17 @@ def _timings(cfg: ProfileConfig, factors: list[torch.Tensor], candidates: list[i
                 rows[family.name] = time_candidates(
                     factors, candidates, backends=selection.backends if selection else backend, config=cfg.timing,
                     progress=advance, solve=solve, flops_per_cube=family.flops_per_cube)
+        layers = [LayerShapes(captured.a[s.name], captured.g[s.name], *captured.rows[s.name]) for s in captured.specs]
+        with progress.stage("per-step cost", len(candidates)) as advance:
+            costs = time_step_costs(layers, candidates, families[0](backend), config=step_cost_config(cfg.timing),
+                                    progress=advance)
         with progress.stage("training step", 1) as advance:
             step_times = time_training_step(model, batch, device=device)
             advance()
     section = {**info, **(selection.device_fields() if selection else {}), "busy": monitor.fields()}
     if not families[0].uses_backends:
         section["backend"] = f"{families[0].name} solve"
-    return rows, section, step_times
+    return rows, section, step_times, costs
 
 
 def run_profile(cfg: ProfileConfig, progress: Progress = Progress(),
@@ -197,11 +204,13 @@ def run_profile(cfg: ProfileConfig, progress: Progress = Progress(),
         # launch-bound on a GPU (an H100 took longer than two CPU cores), and the losses then do not
         # depend on the device's eigensolver
         losses = loss_table([(n, k, w, f.cpu()) for n, k, w, f in named], candidates, progress=advance)
-    rows, device_section, step_times = _timings(cfg, [f for *_, f in named], candidates, model, source.batches[0],
-                                                device, profile, monitor or BusyMonitor(), progress)
+    rows, device_section, step_times, costs = _timings(cfg, captured, candidates, model, source.batches[0],
+                                                       device, profile, monitor or BusyMonitor(), progress)
     meta = {**provenance_meta(cfg, loaded, source, shape, device_section, step_times, captured),
             "family": cfg.family[0]}
     frames = {name: pd.DataFrame([t.row() for t in family_rows]) for name, family_rows in rows.items()}
     plan_family, *others = cfg.family
+    if costs is not None:
+        frames[plan_family] = frames[plan_family].assign(apply_s=[a for a, _ in costs], capture_s=[c for _, c in costs])
     compared = pd.concat([frames[n].assign(family=n) for n in others], ignore_index=True) if others else None
     return Measurements(losses=losses, timings=frames[plan_family], meta=meta, compared=compared), captured

@@ -209,6 +209,9 @@ def _stats(plan: Plan) -> str:
         items += [("inversion at split", _seconds(secs[i]), f"{ratio:,.0f}× the time at b = {cands[0]}" if ratio >= 100 else f"{ratio:.1f}× the time at b = {cands[0]}"),
                   (f"factors with loss &lt; {_threshold(plan):.0%}", f"{below} of {factors}",
                    f"{frac[i]:.0%} of the factors at b = {plan.split_dim}")]
+        if "per_step_seconds" in plan.curves:
+            items.append(("per-step work at split", _seconds(plan.curves["per_step_seconds"][i]),
+                          "blocks applied every step, captured every factor step"))
     items.append(("layers", str(len(plan.layers)), f"{len(plan.skipped)} skipped"))
     return '<div class="stats">' + "".join(f'<div class="stat"><div class="k">{k}</div><div class="v">{v}</div>'
                                            f'<div class="s">{s}</div></div>' for k, v, s in items) + "</div>"
