@@ -7,7 +7,10 @@ split the rule chose (for ``budget``, not the crossing's nearest candidate).
 With ``world_size`` N > 1 (data-parallel training) the rules see one rank's refresh time: the
 measured whole-network time of each candidate times the busiest rank's share under the runtime's
 LPT assignment of layers to ranks (``curves.inversion_seconds_per_rank``; ``inversion_seconds`` stays
-the measured whole-network time, and ``rule.world_size`` records N).
+the measured whole-network time, and ``rule.world_size`` records N). The per-step work the budget
+adds (``curves.per_step_seconds``) is counted whole on every rank: every DDP rank applies every
+layer's blocks and captures every Gram; under FSDP a rank applies its shards only, so there the
+budget errs on the cheap side.
 
 With ``fsdp`` N > 1 (the model sharded with FSDP2 over N ranks) every G split must tile the layer's
 shards (:func:`~thor_planner.partition.tiling_split`): a split whose blocks would cross a band
