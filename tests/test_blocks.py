@@ -43,7 +43,7 @@ def test_packed_gram_is_the_block_diagonal_of_the_gram(dim, split, dense) -> Non
         torch.testing.assert_close(groups.stacks[size], ref.stacks[size])
 
 
-@pytest.mark.parametrize(("dim", "split", "other"), [(37, 4, 5), (32, 8, 3), (300, 16, 40), (300, 32, 512)])
+@pytest.mark.parametrize(("dim", "split", "other"), [(37, 4, 5), (32, 8, 3), (300, 16, 40), (300, 32, 512), (300, 1, 40), (600, 1, 512)])
 def test_left_and_right_equal_dense_products(dim, split, other) -> None:
     part = partition(dim, split)
     gen = torch.Generator().manual_seed(split)

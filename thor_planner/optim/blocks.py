@@ -33,6 +33,8 @@ def packed_gram(rows: torch.Tensor, part: Partition, *, dense: bool = False) -> 
     s, n, r = part.block, part.num_full, part.remainder
     if n == 1 and r == 0:
         return (rows.T @ rows).reshape(-1)
+    if s == 1:  # 1×1 blocks: the Gram's diagonal, one elementwise pass (not d batched 1×1 products)
+        return (rows * rows).sum(0)
     if dense:
         full = rows.T @ rows
         head = full[: n * s, : n * s].reshape(n, s, n, s).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
@@ -101,6 +103,8 @@ def left(blocks: list[torch.Tensor], x: torch.Tensor, part: Partition) -> torch.
     s, n = part.block, part.num_full
     if blocks[0].shape[-1] == part.dim:  # one block (split >= dim, or made dense by for_apply)
         return blocks[0][0] @ x
+    if s == 1:  # a diagonal: scale the rows
+        return x * blocks[0].reshape(-1, 1)
     out = x.new_empty(x.shape)
     torch.bmm(blocks[0], x[: n * s].reshape(n, s, x.shape[1]), out=out[: n * s].view(n, s, x.shape[1]))
     if len(blocks) > 1:
@@ -117,6 +121,8 @@ def right(x: torch.Tensor, blocks: list[torch.Tensor], part: Partition) -> torch
     s, n = part.block, part.num_full
     if blocks[0].shape[-1] == part.dim:
         return x @ blocks[0][0]
+    if s == 1:  # a diagonal: scale the columns
+        return x * blocks[0].reshape(1, -1)
     rows = x.shape[0]
     out = x.new_empty(x.shape)
     torch.bmm(x[:, : n * s].reshape(rows, n, s).transpose(0, 1), blocks[0],
