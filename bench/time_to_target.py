@@ -396,6 +396,10 @@ def main(argv: list[str] | None = None) -> None:
     name = args.name or ("time_to_target_gpu" if args.gpu else "time_to_target")
     if args.merge:
         merge_stored({}, name, command)  # refuses before any trial runs (no stored JSON, another machine)
+    stored_json = results_dir() / f"{name}.json"
+    if args.report and stored_json.exists():  # the trials are the stored run's: keep the command that ran them
+        command = json.loads(stored_json.read_text()).get("command", "").split(" (re-scored by")[0] \
+            + f" (re-scored by: {command})"
     started = time.time()
     results = {}
     for workload in chosen:

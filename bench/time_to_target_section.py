@@ -63,6 +63,29 @@ def workload_table(name: str, w: dict) -> list[str]:
     return lines + [""]
 
 
+def _first_reaching(curve: list, value: float, lower: bool) -> float | None:
+    """Seconds at the first evaluation of ``curve`` (``[step, seconds, value]``) at least as good as ``value``."""
+    return next((sec for _, sec, v in curve if (v <= value if lower else v >= value)), None)
+
+
+def _to_reference_best(w: dict, opt: str, ref: str) -> str:
+    """When ``ref`` missed the target: its best value over every trial, when it first got there, and
+    how soon ``opt``'s trials got there (from the stored curves)."""
+    lower = str(w.get("direction", "min")).startswith("min")
+    refs = [r for r in w["optimizers"][ref].get("trial_records", []) if r.get("curve")]
+    mine = [r for r in w["optimizers"][opt].get("trial_records", []) if r.get("curve")]
+    if not refs or not mine:
+        return ""
+    pick = min if lower else max
+    best = pick(v for r in refs for _, _, v in r["curve"])
+    theirs = min(t for r in refs if (t := _first_reaching(r["curve"], best, lower)) is not None)
+    times = [t for r in mine if (t := _first_reaching(r["curve"], best, lower)) is not None]
+    if not times:
+        return f"; {ref}'s best, {best:.4g} at {theirs:.1f} s, {opt} did not reach"
+    return (f"; {ref}'s best value, {best:.4g}, first at {theirs:.1f} s: {opt} reached it at {min(times):.1f} s "
+            f"({min(times) / theirs:.2f}×)")
+
+
 def goal_lines(workloads: dict) -> list[str]:
     out = []
     for opt, name, ref, fraction, before in GOALS:
@@ -73,19 +96,28 @@ def goal_lines(workloads: dict) -> list[str]:
         if w is None or opt not in w["optimizers"] or ref not in w["optimizers"]:
             continue
         mine, theirs = w["optimizers"][opt].get("seconds"), w["optimizers"][ref].get("seconds")
+        run = [p for p in before if p in w["optimizers"]]
+        ahead = [p for p in run if w["optimizers"][p].get("seconds") is None or
+                 (mine is not None and mine < w["optimizers"][p]["seconds"])]
+        extra = (f"; before {', '.join(before)}: " + ("not run" if not run else "yes" if len(ahead) == len(before)
+                                                       else "no" if len(run) == len(before) else
+                                                       f"{', '.join(p for p in before if p not in run)} not run")
+                 if before else "")
+        if theirs is None and mine is not None:
+            out.append(f"- **not judged**: {opt} on {name} ≤ {fraction}× {ref}'s time{extra} ({ref} did not reach "
+                       f"the target; {opt} did in {mine:.1f} s){_to_reference_best(w, opt, ref)}")
+            continue
         ratio = None if mine is None or theirs is None else mine / theirs
-        ahead = [p for p in before if p in w["optimizers"] and (w["optimizers"][p].get("seconds") is None or
-                                                                 (mine is not None and mine < w["optimizers"][p]["seconds"]))]
         met = ratio is not None and ratio <= fraction and len(ahead) == len(before)
         shown = "∞ (not reached)" if ratio is None else f"{ratio:.2f}×"
-        extra = f"; before {', '.join(before)}: {'yes' if len(ahead) == len(before) else 'no'}" if before else ""
         out.append(f"- **{'met' if met else 'missed'}**: {opt} on {name} ≤ {fraction}× {ref}'s time{extra} "
                    f"(measured {shown})")
     return out
 
 
 def section(data: dict, name: str) -> str:
-    lines = [f"## Time to target against today's optimizers (`bench/{name.replace('_gpu', '')}.py`)", "",
+    named = "" if name in ("time_to_target", "time_to_target_gpu") else f", results `{name}`"
+    lines = [f"## Time to target against today's optimizers (`bench/time_to_target.py`{named})", "",
              f"Machine: {data['machine']}. Command: `{data['command']}`. The stored trials trained for "
              f"{data.get('trial_seconds', 0) / 3600:.2f} h in all (sum of the trials' durations, evaluations "
              "included; the baseline's target re-runs not counted).", "",

@@ -77,6 +77,14 @@ def test_goal_lines_say_met_or_missed_with_the_ratio() -> None:
     assert lines[0] == "- **met**: thor on gpt-tiny ≤ 0.7× adamw's time; before muon, soap: yes (measured 0.60×)"
     assert lines[1] == ("- **missed**: thor-eigen on gpt-tiny ≤ 0.6× adamw's time; before muon, soap: no (measured ∞ "
                         "(not reached))")
+    alone = goal_lines({"gpt-tiny": {"optimizers": {"thor": opt(67.9), "adamw": opt(None)}}})
+    assert alone[0] == ("- **not judged**: thor on gpt-tiny ≤ 0.7× adamw's time; before muon, soap: not run (adamw "
+                        "did not reach the target; thor did in 67.9 s)")
+    curves = {"thor": {"seconds": 67.9, "trial_records": [{"curve": [[400, 60.0, 2.61], [450, 67.9, 2.52]]}]},
+              "adamw": {"seconds": None, "trial_records": [{"curve": [[550, 91.4, 2.59], [600, 100.0, 2.58]]},
+                                                           {"curve": [[600, 99.0, 3.5]]}]}}
+    assert goal_lines({"gpt-tiny": {"optimizers": curves}})[0].endswith(
+        "thor did in 67.9 s); adamw's best value, 2.58, first at 100.0 s: thor reached it at 67.9 s (0.68×)")
 
 
 def test_reporting_never_trains_a_workload_without_a_target(tiny, tmp_path, monkeypatch) -> None:
