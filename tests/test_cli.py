@@ -109,8 +109,9 @@ def test_plan_from_replans_without_measuring(profile_copy: Path, monkeypatch: py
     assert plan.rule["name"] == "budget"
     assert plan.rule["overhead"] == 0.05 and plan.rule["interval"] == 100
     assert plan.rule["step_seconds"] == m.meta["step_seconds"]
-    every = Schedule().factor_every  # per step: refresh / 100 steps + application + capture / factor_every
-    costs = [s / 100 + a + c / every for s, (a, c) in zip(m.seconds, m.step_costs)]
+    every = Schedule().factor_every  # per step: refresh / 100 steps + the work above the cheapest split's
+    work = [a + c / every for a, c in m.step_costs]
+    costs = [s / 100 + w - min(work) for s, w in zip(m.seconds, work)]
     fits = [b for b, c in zip(m.candidates, costs) if c <= 0.05 * m.meta["step_seconds"]]
     assert plan.split_dim == (max(fits) if fits else m.candidates[costs.index(min(costs))])
     for name, content in csvs.items():

@@ -111,20 +111,22 @@ def with_step_costs(m: Measurements, apply_s: list[float], capture_s: list[float
 
 def test_the_budget_counts_the_measured_per_step_work() -> None:
     """Allowed per step: 0.05 × 0.002 s = 100 µs. Refresh / 10 steps: 10, 30, 50, 80, 120 µs; per-step
-    work apply + capture / factor_every (5): 10+10, 20+10, 40+20, 60+20, 80+40 µs. Totals 30, 60, 110,
-    160, 240 µs: b=16 fits, 32 no longer does (the refresh alone allowed 64)."""
+    work apply + capture / factor_every (5): 10+10, 20+10, 40+20, 60+20, 80+40 µs, counted above the
+    cheapest (20 µs): 0, 10, 40, 60, 100. Totals 10, 40, 90, 140, 220 µs: b=32 fits, 64 no longer
+    does (the refresh alone allowed it)."""
     m = with_step_costs(small_measurements(), [1e-5, 2e-5, 4e-5, 6e-5, 8e-5], [5e-5, 5e-5, 1e-4, 1e-4, 2e-4])
     p = make_plan(m, RuleConfig(name=Rule.budget, overhead=0.05, interval=10), Schedule(factor_every=5))
-    assert p.split_dim == 16 and p.rule["counts"] == "refresh / interval + per-step work"
-    assert p.curves["per_step_seconds"] == pytest.approx([2e-5, 3e-5, 6e-5, 8e-5, 1.2e-4])
-    tight = make_plan(m, RuleConfig(name=Rule.budget, overhead=0.005, interval=10), Schedule(factor_every=5))
-    assert tight.crossover.warning == ("No candidate fits the budget: even b=1, the cheapest, costs 3e-05 s per "
-                                       "step (refresh 0.0001 s / 10 steps + 2e-05 s of per-step work), over 0.005 × "
+    assert p.split_dim == 32 and p.rule["counts"] == "refresh / interval + per-step work"
+    assert p.curves["per_step_seconds"] == pytest.approx([0.0, 1e-5, 4e-5, 6e-5, 1e-4])
+    tight = make_plan(m, RuleConfig(name=Rule.budget, overhead=0.004, interval=10), Schedule(factor_every=5))
+    assert tight.crossover.warning == ("No candidate fits the budget: even b=1, the cheapest, costs 1e-05 s per "
+                                       "step (refresh 0.0001 s / 10 steps + 0 s of per-step work), over 0.004 × "
                                        "0.002 s. Raise --overhead or --interval.")
     # none fits and split 1's per-step work is dearer than 16's (diagonal blocks one by one): the cheapest
     m = with_step_costs(small_measurements(), [9e-5, 2e-5, 4e-5, 6e-5, 8e-5], [5e-5, 5e-5, 1e-4, 1e-4, 2e-4])
     cheapest = make_plan(m, RuleConfig(name=Rule.budget, overhead=0.005, interval=10), Schedule(factor_every=5))
-    assert cheapest.split_dim == 16 and "even b=16, the cheapest, costs 6e-05 s per step" in cheapest.crossover.warning
+    # work 100, 30, 60, 80, 120 µs → 70, 0, 30, 50, 90 above the cheapest; totals 80, 30, 80, 130, 210 µs
+    assert cheapest.split_dim == 16 and "even b=16, the cheapest, costs 3e-05 s per step" in cheapest.crossover.warning
 
 
 def test_per_step_costs_survive_the_csv_and_an_older_profile_has_none(tmp_path) -> None:

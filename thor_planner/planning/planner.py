@@ -8,7 +8,7 @@ With ``world_size`` N > 1 (data-parallel training) the rules see one rank's refr
 measured whole-network time of each candidate times the busiest rank's share under the runtime's
 LPT assignment of layers to ranks (``curves.inversion_seconds_per_rank``; ``inversion_seconds`` stays
 the measured whole-network time, and ``rule.world_size`` records N). The per-step work the budget
-adds (``curves.per_step_seconds``) is counted whole on every rank: every DDP rank applies every
+adds (``curves.per_step_seconds``, :func:`split_work`) is counted whole on every rank: every DDP rank applies every
 layer's blocks and captures every Gram; under FSDP a rank applies its shards only, so there the
 budget errs on the cheap side.
 
@@ -40,8 +40,9 @@ from thor_planner.planning.plan import Crossover, LayerPlan, Plan, Schedule
 
 class Rule(str, Enum):
     """``crossover``: THOR's rule, where the curves meet; ``budget``: the largest split whose refresh,
-    amortized over ``interval`` steps, plus its per-step work (where the profile measured it: the
-    blocks applied every step, captured every ``factor_every`` steps) stays under ``overhead`` × one
+    amortized over ``interval`` steps, plus the per-step work it adds over the cheapest candidate
+    (where the profile measured it: the blocks applied every step, captured every ``factor_every``
+    steps) stays under ``overhead`` × one
     training step; ``auto``: the
     crossover, unless it is degenerate or missing (on CPUs, where small blocks invert almost for free)
     and a training step was measured, then the budget rule."""
@@ -170,6 +171,15 @@ def _chosen_rule(rule: RuleConfig, crossing, m: Measurements) -> Rule:
     return rule.name
 
 
+def split_work(costs: list[tuple[float, float]], factor_every: int) -> list[float]:
+    """Per candidate, the per-step work its split adds over the cheapest candidate's: ``apply_s +
+    capture_s / factor_every`` less its minimum. What every split pays alike (the eigenbasis family's
+    Adam update, which stands in for AdamW's own; the capture's fixed share) does not choose a split."""
+    work = [a + c / factor_every for a, c in costs]
+    least = min(work)
+    return [w - least for w in work]
+
+
 def make_plan(m: Measurements, rule: RuleConfig = RuleConfig(), schedule: Schedule = Schedule()) -> Plan:
     """Apply ``rule`` to the measurements and write every layer's splits (for measurements made for
     a peer optimizer: its block size and refresh interval, :func:`.peers.make_peer_plan`)."""
@@ -179,7 +189,7 @@ def make_plan(m: Measurements, rule: RuleConfig = RuleConfig(), schedule: Schedu
         return make_peer_plan(m, rule)
     cands, seconds = m.candidates, m.seconds
     costs = m.step_costs
-    per_step = [a + c / schedule.factor_every for a, c in costs] if costs is not None else None
+    per_step = split_work(costs, schedule.factor_every) if costs is not None else None
     shares = per_rank_shares(m, rule.world_size, rule.fsdp)
     per_rank = [s * f for s, f in zip(seconds, shares)]
     frac = loss_fraction(m.losses, cands, rule.loss_threshold)

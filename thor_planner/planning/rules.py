@@ -4,9 +4,9 @@
 below the threshold; rises with b) meets the normalized-performance curve (p_1/p_b; falls with b).
 x is linear in b, the crossing is interpolated linearly between candidates and snapped to the
 nearest candidate. ``budget``: the largest candidate whose preconditioner costs per training step,
-its refresh amortized over the update interval plus, where measured, the per-step work that grows
-with the split (applying the blocks every step, capturing them every factor step), stay under a
-fraction of one training step. ``refresh_interval``: the same budget
+its refresh amortized over the update interval plus, where measured, the per-step work the split
+adds over the cheapest one (applying the blocks every step, capturing them every factor step), stay
+under a fraction of one training step. ``refresh_interval``: the same budget
 solved for the interval at a given refresh time (the plans for Distributed Shampoo and SOAP).
 
 **Uncertainty.** Each candidate's inversion time was measured several times (min and max kept).

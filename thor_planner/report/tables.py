@@ -211,7 +211,7 @@ def _stats(plan: Plan) -> str:
                    f"{frac[i]:.0%} of the factors at b = {plan.split_dim}")]
         if "per_step_seconds" in plan.curves:
             items.append(("per-step work at split", _seconds(plan.curves["per_step_seconds"][i]),
-                          "blocks applied every step, captured every factor step"))
+                          "above the cheapest split: blocks applied every step, captured every factor step"))
     items.append(("layers", str(len(plan.layers)), f"{len(plan.skipped)} skipped"))
     return '<div class="stats">' + "".join(f'<div class="stat"><div class="k">{k}</div><div class="v">{v}</div>'
                                            f'<div class="s">{s}</div></div>' for k, v, s in items) + "</div>"
