@@ -7,7 +7,7 @@ Cases: the small ``cnn`` on digits batches of 32 and ResNet-18 (10 classes) on s
 batches of 32, THOR (inverse family, SGD's drop-in) against ``torch.optim.SGD(momentum=0.9)``; and
 ``gpt-tiny`` on windows of the standard library's source (32 × 128 bytes), THOR's eigen family and
 its inverse family grafted to AdamW against ``torch.optim.AdamW``. Each THOR runs with the plan
-``thor-plan profile`` makes for that model, input and family (crossover rule, a quick profile) and
+``thor-plan profile`` makes for that model, input and family (rule auto, a quick profile) and
 the plan's default schedule. Each run builds a fresh model and optimizer (same seed), takes
 ``WARMUP`` untimed steps, then times ``N`` steps (zero_grad, forward, loss, backward, step) in one
 block, so the time includes every factor capture and every refresh at the check points inside it
@@ -194,7 +194,7 @@ def section(rows: list[dict], args) -> str:
         f"Amortized step = (zero_grad + forward + loss + backward + step) over N timed steps after {WARMUP} "
         "warm-up steps, including every factor capture and every refresh at the check points in those steps; "
         f"median of {args.repeats} alternating runs each. THOR: the plan `thor-plan profile --family F` makes for "
-        f"the model (quick profile, crossover rule) with its default schedule (factors every {s.factor_every} "
+        f"the model (quick profile, rule auto: the crossover, or the budget where the crossing is degenerate) with its default schedule (factors every {s.factor_every} "
         f"step(s), decay {s.factor_decay}; check points every {s.interval_initial} steps, ×{s.interval_growth:g} "
         f"every {s.interval_grow_every}; ω1 = {s.omega1}, ω2 = {s.omega2}).", "",
         "| case | THOR family / graft | plan split (per-factor splits) | N | check points | baseline ms/step | "
