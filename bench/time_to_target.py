@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
     chosen = [workloads[w] for w in (args.workloads or workloads)]
     name = args.name or ("time_to_target_gpu" if args.gpu else "time_to_target")
     if args.merge:
-        merge_stored({}, name, command)  # refuses before any trial runs (no stored JSON, another machine)
+        mergeable(name)  # refuses before any trial runs
     stored_json = results_dir() / f"{name}.json"
     if args.report and stored_json.exists():  # the trials are the stored run's: keep the command that ran them
         command = json.loads(stored_json.read_text()).get("command", "").split(" (re-scored by")[0] \
@@ -412,10 +412,9 @@ def main(argv: list[str] | None = None) -> None:
     write_outputs(results, started, command, name, args.scratch, args.merge)
 
 
-def merge_stored(results: dict, name: str, command: str) -> tuple[dict, dict]:
-    """The stored results ``results/<name>.json`` with the rows of ``results`` in place of theirs
-    (every other workload and optimizer as stored): (workloads, what the summary keeps of the stored
-    run: its command, machine, wall time and earlier re-runs, this one added)."""
+def mergeable(name: str) -> tuple[dict, Path]:
+    """The stored results ``results/<name>.json`` and their path, refused when absent or measured on
+    another machine."""
     path = results_dir() / f"{name}.json"
     if not path.exists():
         raise SystemExit(f"--merge: no stored results at {path}; run without --merge first")
@@ -423,6 +422,14 @@ def merge_stored(results: dict, name: str, command: str) -> tuple[dict, dict]:
     if stored.get("machine") != machine_line():
         raise SystemExit(f"--merge: the stored rows were measured on '{stored.get('machine')}', this is "
                          f"'{machine_line()}': times from two machines cannot share a table; re-run every row here")
+    return stored, path
+
+
+def merge_stored(results: dict, name: str, command: str) -> tuple[dict, dict]:
+    """The stored results ``results/<name>.json`` with the rows of ``results`` in place of theirs
+    (every other workload and optimizer as stored): (workloads, what the summary keeps of the stored
+    run: its command, machine, wall time and earlier re-runs, this one added)."""
+    stored, path = mergeable(name)
     merged = dict(stored["workloads"])
     rows = []
     for wname, fresh in results.items():

@@ -47,7 +47,7 @@ def test_grams_over_the_row_cap_are_timed_on_the_cap_and_scaled(monkeypatch) -> 
     sums = []
     monkeypatch.setattr(step_cost, "MAX_ROWS", 8)
     monkeypatch.setattr(step_cost, "measure", lambda fn, device, config: (fn(), [1.0])[1])
-    monkeypatch.setattr(step_cost, "packed_gram", lambda rows, part: sums.append(rows.shape[0]))
+    monkeypatch.setattr(step_cost, "block_gram", lambda rows, part: sums.append(rows.shape[0]))
     layers = [LayerShapes(spd(5), spd(3), 4, 6), LayerShapes(spd(5), spd(3), 24, 24)]
     (_, capture), = time_step_costs(layers, [2], family_class("inverse")("torch-cholesky"), config=CONFIG)
     assert capture == pytest.approx(4.0) and sorted(sums) == [4, 6, 8, 8]

@@ -77,7 +77,12 @@ class BlockFactorCollector(FactorCollector):
         super().__init__(model, specs, dtype=dtype)
 
     def _gram(self, name: str, which: str, rows: torch.Tensor) -> torch.Tensor:
-        part = self.parts[name][0 if which == "a" else 1]
-        fast = self.tf32 and rows.is_cuda and rows.dtype == torch.float32
-        with _tf32(fast):
-            return packed_gram(rows, part, dense=fast)
+        return block_gram(rows, self.parts[name][0 if which == "a" else 1], tf32=self.tf32)
+
+
+def block_gram(rows: torch.Tensor, part: Partition, *, tf32: bool = True) -> torch.Tensor:
+    """A factor step's packed Gram as the runtime computes it: on CUDA in float32 with ``tf32``, one
+    TF32 GEMM with the blocks taken out; otherwise the packed blocks in the rows' dtype."""
+    fast = tf32 and rows.is_cuda and rows.dtype == torch.float32
+    with _tf32(fast):
+        return packed_gram(rows, part, dense=fast)

@@ -8,8 +8,8 @@ With ``world_size`` N > 1 (data-parallel training) the rules see one rank's refr
 measured whole-network time of each candidate times the busiest rank's share under the runtime's
 LPT assignment of layers to ranks (``curves.inversion_seconds_per_rank``; ``inversion_seconds`` stays
 the measured whole-network time, and ``rule.world_size`` records N). The per-step work the budget
-adds (``curves.per_step_seconds``, :func:`split_work`) is counted whole on every rank: every DDP rank applies every
-layer's blocks and captures every Gram; under FSDP a rank applies its shards only, so there the
+adds (``curves.per_step_seconds``, :func:`split_work`) is counted whole on every rank: every DDP
+rank applies every layer's blocks and captures every Gram; under FSDP a rank applies its shards only, so there the
 budget errs on the cheap side.
 
 With ``fsdp`` N > 1 (the model sharded with FSDP2 over N ranks) every G split must tile the layer's
@@ -42,9 +42,7 @@ class Rule(str, Enum):
     """``crossover``: THOR's rule, where the curves meet; ``budget``: the largest split whose refresh,
     amortized over ``interval`` steps, plus the per-step work it adds over the cheapest candidate
     (where the profile measured it: the blocks applied every step, captured every ``factor_every``
-    steps) stays under ``overhead`` × one
-    training step; ``auto``: the
-    crossover, unless it is degenerate or missing (on CPUs, where small blocks invert almost for free)
+    steps) stays under ``overhead`` × one training step; ``auto``: the crossover, unless it is degenerate or missing (on CPUs, where small blocks invert almost for free)
     and a training step was measured, then the budget rule."""
 
     crossover = "crossover"
@@ -210,15 +208,15 @@ def make_plan(m: Measurements, rule: RuleConfig = RuleConfig(), schedule: Schedu
         if rule.name is Rule.auto:
             budget_info.update(chose="budget", because=crossing.warning.split(":")[0])
     layers = _layer_plans(m, cands, choice.split_dim, rule, schedule)
-    per_rank_curve = {"inversion_seconds_per_rank": per_rank} if rule.world_size > 1 or rule.fsdp > 1 else {}
+    extra_curves = {"inversion_seconds_per_rank": per_rank} if rule.world_size > 1 or rule.fsdp > 1 else {}
     if per_step is not None:
-        per_rank_curve["per_step_seconds"] = per_step
+        extra_curves["per_step_seconds"] = per_step
     return Plan(
         tool_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         model=m.meta["model"], device=m.meta["device"], capture=m.meta["capture"],
         rule={**_rule_info(rule, layers), **budget_info}, candidates=cands,
-        curves={"loss_fraction": frac, "inversion_seconds": seconds, "normalized_perf": perf, **per_rank_curve},
+        curves={"loss_fraction": frac, "inversion_seconds": seconds, "normalized_perf": perf, **extra_curves},
         crossover=Crossover(x=crossing.x, y=crossing.y, split_dim=choice.split_dim, warning=choice.warning,
                             interval=list(crossing.interval) if crossing.interval else None,
                             spans=list(crossing.spans) if crossing.interval else None,

@@ -6,7 +6,7 @@ per-step work that grow with the block size, each timed with the runtime's own c
   them; ``2·g·a·(s_G + s_A)`` flops for a ``g × a`` layer with THOR's inverses (twice that for the
   eigenbasis, which rotates into the basis and out).
 - **Capture** (every ``factor_every`` steps): the packed diagonal blocks of every layer's A and G
-  Grams, :func:`~thor_planner.optim.blocks.packed_gram` on as many rows as one profiled batch gave
+  Grams, :func:`~thor_planner.optim.factors.block_gram` on as many rows as one profiled batch gave
   each (``2·R·d·s`` flops for ``R`` rows of a ``d``-dimensional factor at block size ``s``). A Gram
   of more than :data:`MAX_ROWS` rows is timed on that many and scaled by ``R / MAX_ROWS`` (its cost
   is linear in the rows it sums over), which keeps the early convolutions of an image model
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from thor_planner.optim.blocks import packed_gram
+from thor_planner.optim.factors import block_gram
 from thor_planner.optim.preconditioner.base import Family
 from thor_planner.partition import extract_blocks, partition
 from thor_planner.timing.candidates import TimingConfig, measure
@@ -78,7 +78,7 @@ def _capture_seconds(grams: list[tuple[int, int]], b: int, rows: dict[tuple[int,
     def timed(work):
         if not work:
             return 0.0
-        return statistics.median(measure(lambda: [packed_gram(r, part) for r, part in work], device, config))
+        return statistics.median(measure(lambda: [block_gram(r, part) for r, part in work], device, config))
 
     small = [(rows[(n, d)], partition(d, b)) for n, d in grams if n <= MAX_ROWS]
     large = [(n, d, partition(d, b)) for n, d in grams if n > MAX_ROWS]
